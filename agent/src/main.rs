@@ -1,0 +1,43 @@
+//! The `reflektor` binary: parse flags, set up logging, run one command.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use reflektor::cli::{self, Cli};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match EnvFilter::try_new(&cli.log_level) {
+        Ok(filter) => filter,
+        Err(error) => {
+            eprintln!(
+                "reflektor: --log-level {:?} is not a level or filter ({error}); expected \
+                 error, warn, info, debug or trace",
+                cli.log_level
+            );
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("reflektor: cannot start the async runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(cli::run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("reflektor: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
