@@ -9,13 +9,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::runtime::{
-    ConfigFile, ConfigFileError, Containerd, CriStatus, RuntimeError, discard_table,
+    ConfigFile, ConfigFileError, Containerd, CriStatus, GlobBase, RuntimeError, discard_table,
     registry_table, table_header,
 };
-use crate::version::{ContainerdPolicy, VerdictKind};
+use crate::version::{ContainerdPolicy, RuntimeVersion, VerdictKind};
 
 /// Where doctor looks.
 #[derive(Debug, Clone)]
@@ -27,7 +27,7 @@ pub struct Target {
     pub registry_config_path: PathBuf,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Ok,
@@ -45,9 +45,11 @@ impl fmt::Display for Status {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One row of the report. Deserialisable so that the harness can read what
+/// the real binary printed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Check {
-    pub check: &'static str,
+    pub check: String,
     pub status: Status,
     pub detail: String,
     /// What the detail was read from: an API, a file, or nothing.
@@ -55,7 +57,7 @@ pub struct Check {
     pub fix: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub containerd_sock: PathBuf,
     /// The version string as containerd reported it, when it answered.
@@ -105,6 +107,11 @@ impl Source {
 }
 
 impl Report {
+    /// The row of the named check, if doctor got that far.
+    pub fn check(&self, name: &str) -> Option<&Check> {
+        self.checks.iter().find(|c| c.check == name)
+    }
+
     pub fn failed(&self) -> bool {
         self.checks.iter().any(|c| c.status == Status::Fail)
     }
@@ -148,7 +155,7 @@ pub async fn run(target: &Target) -> Report {
     let containerd = match Containerd::connect(&target.containerd_sock).await {
         Ok(containerd) => {
             report.checks.push(Check {
-                check: "containerd socket",
+                check: "containerd socket".to_owned(),
                 status: Status::Ok,
                 detail: format!("connected to {}", target.containerd_sock.display()),
                 source: "unix socket".to_owned(),
@@ -158,7 +165,7 @@ pub async fn run(target: &Target) -> Report {
         }
         Err(error) => {
             report.checks.push(Check {
-                check: "containerd socket",
+                check: "containerd socket".to_owned(),
                 status: Status::Fail,
                 detail: error.to_string(),
                 source: "unix socket".to_owned(),
@@ -192,12 +199,15 @@ pub async fn run(target: &Target) -> Report {
         cri = cri_status.ok();
     }
 
-    let major = report
+    let version = report
         .containerd_version
         .as_deref()
-        .and_then(|raw| crate::version::RuntimeVersion::parse(raw).ok())
-        .map(|v| v.components()[0]);
-    let file = ConfigFile::load(&target.containerd_config);
+        .and_then(|raw| RuntimeVersion::parse(raw).ok());
+    let major = version.as_ref().map(|v| v.components()[0]);
+    let file = ConfigFile::load(
+        &target.containerd_config,
+        GlobBase::for_containerd(version.as_ref()),
+    );
     report
         .checks
         .push(config_path_check(target, cri.as_ref(), &file, major));
@@ -210,7 +220,7 @@ pub async fn run(target: &Target) -> Report {
 fn cri_check(status: &Result<CriStatus, RuntimeError>) -> Check {
     match status {
         Ok(cri) => Check {
-            check: "CRI API",
+            check: "CRI API".to_owned(),
             status: Status::Ok,
             detail: format!(
                 "CRI {} answers: {} {}",
@@ -220,7 +230,7 @@ fn cri_check(status: &Result<CriStatus, RuntimeError>) -> Check {
             fix: None,
         },
         Err(error) => Check {
-            check: "CRI API",
+            check: "CRI API".to_owned(),
             status: Status::Warn,
             detail: format!("CRI does not answer: {error}"),
             source: "CRI Version".to_owned(),
@@ -244,7 +254,7 @@ fn version_check(
             Ok(_) => "containerd did not report its version".to_owned(),
         };
         return Check {
-            check: "containerd version",
+            check: "containerd version".to_owned(),
             status: Status::Warn,
             detail,
             source: source.to_owned(),
@@ -258,7 +268,7 @@ fn version_check(
         VerdictKind::Unknown => (Status::Warn, None),
     };
     Check {
-        check: "containerd version",
+        check: "containerd version".to_owned(),
         status,
         detail: verdict.message,
         source: source.to_owned(),
@@ -295,6 +305,18 @@ fn config_path_check(
     major: Option<u64>,
 ) -> Check {
     let wanted = target.registry_config_path.display().to_string();
+    if cri.is_some_and(CriStatus::lacks_config_path) {
+        return Check {
+            check: "registry config_path".to_owned(),
+            status: Status::Fail,
+            detail: "this containerd's CRI plugin has no registry config_path setting (it \
+                     arrived in containerd 1.5.0), so it ignores hosts.toml mirror files \
+                     whatever its config file says"
+                .to_owned(),
+            source: Source::Cri.describe(),
+            fix: Some(ContainerdPolicy::FIX.to_owned()),
+        };
+    }
     let (value, source) = pick(
         cri.and_then(CriStatus::registry_config_path),
         file,
@@ -337,7 +359,7 @@ fn config_path_check(
         ),
     };
     Check {
-        check: "registry config_path",
+        check: "registry config_path".to_owned(),
         status,
         detail,
         source: source.describe(),
@@ -383,7 +405,7 @@ fn discard_check(
         ),
     };
     Check {
-        check: "discard_unpacked_layers",
+        check: "discard_unpacked_layers".to_owned(),
         status,
         detail,
         source: source.describe(),

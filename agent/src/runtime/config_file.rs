@@ -5,8 +5,10 @@
 //! because distributions and cluster tooling put the CRI section in drop-in
 //! files (`/etc/containerd/conf.d/*.toml`):
 //!
-//! - relative import paths are relative to the importing file, globs expand
-//!   in sorted order, and imports of imports are followed once each;
+//! - a relative plain path is relative to the importing file; a relative glob
+//!   is too from containerd 1.7 on, but before 1.7 it is relative to
+//!   containerd's working directory (`/` under systemd). Globs expand in
+//!   sorted order, and imports of imports are followed once each;
 //! - config version 1 and 2 (containerd 1.x) replace a whole plugin section
 //!   with the imported one, while version 3 (containerd 2.x) merges keys.
 //!   Both were checked against `containerd config dump` of Debian's builds.
@@ -15,6 +17,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use toml::{Table, Value};
+
+use crate::version::RuntimeVersion;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
@@ -43,16 +47,38 @@ pub enum ConfigFileError {
     Version { path: PathBuf, version: i64 },
 }
 
+/// Where containerd resolves a relative glob in `imports`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GlobBase {
+    /// containerd 1.7 and later: the importing file's directory.
+    ImportingFile,
+    /// containerd before 1.7: its working directory, which is `/` for a
+    /// containerd started by systemd.
+    Root,
+}
+
+impl GlobBase {
+    /// The rule of a given containerd; the newer rule when it is unknown.
+    pub fn for_containerd(version: Option<&RuntimeVersion>) -> Self {
+        let first_relative = RuntimeVersion::from_components(&[1, 7]);
+        match version {
+            Some(v) if v.cmp_numeric(&first_relative).is_lt() => GlobBase::Root,
+            _ => GlobBase::ImportingFile,
+        }
+    }
+}
+
 /// containerd's config after imports, with the file names it came from.
 #[derive(Debug, Clone)]
 pub struct ConfigFile {
     version: i64,
+    glob_base: GlobBase,
     merged: Table,
     files: Vec<PathBuf>,
 }
 
 impl ConfigFile {
-    pub fn load(path: &Path) -> Result<Self, ConfigFileError> {
+    pub fn load(path: &Path, glob_base: GlobBase) -> Result<Self, ConfigFileError> {
         let root = read_table(path)?;
         // containerd 1.x reads a file without `version` as version 1.
         let version = root.get("version").and_then(Value::as_integer).unwrap_or(1);
@@ -64,6 +90,7 @@ impl ConfigFile {
         }
         let mut config = Self {
             version,
+            glob_base,
             merged: Table::new(),
             files: Vec::new(),
         };
@@ -119,7 +146,7 @@ impl ConfigFile {
             return Ok(());
         }
         self.files.push(path.to_owned());
-        let imports = imports_of(path, &table)?;
+        let imports = imports_of(path, &table, self.glob_base)?;
         table.remove("imports");
         merge(&mut self.merged, table, self.version);
         for import in imports {
@@ -179,15 +206,29 @@ fn read_table(path: &Path) -> Result<Table, ConfigFileError> {
         })
 }
 
-fn imports_of(path: &Path, table: &Table) -> Result<Vec<PathBuf>, ConfigFileError> {
+fn imports_of(
+    path: &Path,
+    table: &Table,
+    glob_base: GlobBase,
+) -> Result<Vec<PathBuf>, ConfigFileError> {
     let patterns = table
         .get("imports")
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>())
         .unwrap_or_default();
-    let base = path.parent().unwrap_or(Path::new("/"));
+    let dir = path.parent().unwrap_or(Path::new("/"));
     let mut files = Vec::new();
     for pattern in patterns {
+        if !pattern.contains(['*', '?', '[']) {
+            // A plain path that does not exist is an error to containerd
+            // too, so it is left for read_table to report.
+            files.push(dir.join(pattern));
+            continue;
+        }
+        let base = match glob_base {
+            GlobBase::ImportingFile => dir,
+            GlobBase::Root => Path::new("/"),
+        };
         let full = base.join(pattern);
         let matches =
             glob::glob(&full.to_string_lossy()).map_err(|source| ConfigFileError::Import {
@@ -252,7 +293,7 @@ imports = ["conf.d/*.toml"]
   config_path = "/imported"
 "#,
         );
-        let config = ConfigFile::load(&main).unwrap();
+        let config = ConfigFile::load(&main, GlobBase::ImportingFile).unwrap();
         assert_eq!(config.registry_config_path(), "/imported");
         // The imported section replaced the main one, discard setting and all.
         assert!(!config.discard_unpacked_layers());
@@ -281,7 +322,7 @@ imports = ["conf.d/*.toml"]
   config_path = "/imported"
 "#,
         );
-        let config = ConfigFile::load(&main).unwrap();
+        let config = ConfigFile::load(&main, GlobBase::ImportingFile).unwrap();
         assert_eq!(config.registry_config_path(), "/imported");
         assert!(config.discard_unpacked_layers());
     }
@@ -290,7 +331,7 @@ imports = ["conf.d/*.toml"]
     fn missing_sections_mean_containerd_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let main = write(dir.path(), "config.toml", "version = 2\n");
-        let config = ConfigFile::load(&main).unwrap();
+        let config = ConfigFile::load(&main, GlobBase::ImportingFile).unwrap();
         assert_eq!(config.registry_config_path(), "");
         assert!(!config.discard_unpacked_layers());
     }
@@ -303,7 +344,7 @@ imports = ["conf.d/*.toml"]
             "config.toml",
             "[plugins.cri.registry]\nconfig_path = \"/etc/containerd/certs.d\"\n",
         );
-        let config = ConfigFile::load(&main).unwrap();
+        let config = ConfigFile::load(&main, GlobBase::ImportingFile).unwrap();
         assert_eq!(config.version(), 1);
         assert_eq!(config.registry_config_path(), "/etc/containerd/certs.d");
     }
@@ -321,7 +362,7 @@ imports = ["conf.d/*.toml"]
             "b.toml",
             "version = 3\nimports = [\"a.toml\"]\n",
         );
-        let config = ConfigFile::load(&main).unwrap();
+        let config = ConfigFile::load(&main, GlobBase::ImportingFile).unwrap();
         assert_eq!(config.files().len(), 2);
     }
 
@@ -329,14 +370,34 @@ imports = ["conf.d/*.toml"]
     fn errors_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let bad = write(dir.path(), "config.toml", "version = [\n");
-        let message = ConfigFile::load(&bad).unwrap_err().to_string();
+        let message = ConfigFile::load(&bad, GlobBase::ImportingFile)
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("config.toml"), "{message}");
         let missing = dir.path().join("nope.toml");
-        let message = ConfigFile::load(&missing).unwrap_err().to_string();
+        let message = ConfigFile::load(&missing, GlobBase::ImportingFile)
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("nope.toml"), "{message}");
         let future = write(dir.path(), "v9.toml", "version = 9\n");
-        let message = ConfigFile::load(&future).unwrap_err().to_string();
+        let message = ConfigFile::load(&future, GlobBase::ImportingFile)
+            .unwrap_err()
+            .to_string();
         assert!(message.contains("version = 9"), "{message}");
+    }
+
+    #[test]
+    fn containerd_before_1_7_globs_from_root() {
+        let v = |s| RuntimeVersion::parse(s).unwrap();
+        assert_eq!(
+            GlobBase::for_containerd(Some(&v("1.6.20~ds1"))),
+            GlobBase::Root
+        );
+        assert_eq!(
+            GlobBase::for_containerd(Some(&v("1.7.24~ds1"))),
+            GlobBase::ImportingFile
+        );
+        assert_eq!(GlobBase::for_containerd(None), GlobBase::ImportingFile);
     }
 
     #[test]

@@ -49,6 +49,16 @@ impl CriStatus {
             .map(str::to_owned)
     }
 
+    /// Whether CRI reports its registry settings but has no `configPath` among
+    /// them: a containerd before 1.5, which ignores hosts.toml files whatever
+    /// its config file says.
+    pub fn lacks_config_path(&self) -> bool {
+        self.config
+            .as_ref()
+            .and_then(|config| config.pointer("/registry"))
+            .is_some_and(|registry| registry.get("configPath").is_none())
+    }
+
     /// `containerd.discardUnpackedLayers`; `None` when not reported.
     pub fn discard_unpacked_layers(&self) -> Option<bool> {
         self.config

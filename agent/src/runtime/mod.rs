@@ -4,7 +4,9 @@
 mod config_file;
 mod cri;
 
-pub use config_file::{ConfigFile, ConfigFileError, discard_table, registry_table, table_header};
+pub use config_file::{
+    ConfigFile, ConfigFileError, GlobBase, discard_table, registry_table, table_header,
+};
 pub use cri::{CriApi, CriStatus};
 
 use std::path::{Path, PathBuf};

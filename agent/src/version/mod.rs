@@ -9,7 +9,9 @@
 //! use a SemVer crate:
 //!
 //! - `semver` is strict by design and rejects every suffix above;
-//! - `lenient_semver` 0.4.2 rejects `~`, which is exactly the Debian string.
+//! - `lenient_semver` 0.4.2 fails on `~` ("Unexpected `~`" for `1.6.20~ds1`
+//!   and `1.5.5-0ubuntu3~20.04.1`), exactly the Debian and Ubuntu strings, and
+//!   accepts `01.2.3`, which Kubernetes rejects (both checked by hand).
 //!
 //! The port is small, and the upstream test vectors in
 //! `fixtures/k8s-version-testvectors.tsv` pin its behaviour row by row.

@@ -4,7 +4,7 @@
 //! is not proof of an old runtime, so it gives `unknown`: the agent warns and
 //! lets the configuration checks decide.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Excerpt, ParseError, RuntimeVersion};
 
@@ -15,7 +15,7 @@ pub struct ContainerdPolicy {
     minimum: RuntimeVersion,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VerdictKind {
     Supported,

@@ -1,0 +1,8 @@
+//! The reflektor harness: real containerd builds from distribution packages,
+//! run as isolated nodes, and the real agent binary run against them.
+
+pub mod agent;
+pub mod debian;
+pub mod matrix;
+pub mod node;
+pub mod support;

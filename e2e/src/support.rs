@@ -1,0 +1,27 @@
+//! Shared pieces of the integration tests: the cached build of a suite and
+//! the root check, so that each test file says only what it tests.
+
+use anyhow::Result;
+
+use crate::debian::{self, ContainerdBuild, Suite};
+
+/// The suite's containerd from the shared cache, fetched on first use.
+pub async fn build(suite: Suite) -> Result<ContainerdBuild> {
+    tokio::task::spawn_blocking(move || debian::fetch(suite, &debian::default_cache_dir()?)).await?
+}
+
+/// Whether a test that starts containerd may run. Without root it fails
+/// loudly, unless `REFLEKTOR_E2E_ALLOW_SKIP=1` says skipping is fine, so a
+/// green run never hides tests that did not run.
+pub fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("REFLEKTOR_E2E_ALLOW_SKIP").as_deref() == Ok("1"),
+        "{test} runs containerd and needs root; run as root, or set \
+         REFLEKTOR_E2E_ALLOW_SKIP=1 to skip"
+    );
+    eprintln!("SKIPPED {test}: not root and REFLEKTOR_E2E_ALLOW_SKIP=1");
+    false
+}
