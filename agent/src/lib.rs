@@ -5,7 +5,13 @@
 
 pub mod cli;
 pub mod doctor;
+pub mod metrics;
+pub mod mirror_config;
+pub mod oci;
+pub mod registry;
 pub mod runtime;
+pub mod serve;
+pub mod store;
 pub mod version;
 
 #[cfg(any(test, feature = "test-util"))]

@@ -78,6 +78,11 @@ impl Containerd {
         &self.socket
     }
 
+    /// The gRPC channel, shared by every service client; cloning is cheap.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     /// The version string exactly as containerd reports it, e.g. `1.6.20~ds1`.
     pub async fn version(&self) -> Result<String, RuntimeError> {
         let mut client = containerd_client::services::v1::version_client::VersionClient::new(

@@ -1,0 +1,132 @@
+//! Prometheus metrics, served on `--metrics-addr`. Counters are recorded by
+//! the registry server after each response is written, so byte counts are
+//! what really left the node, including `sendfile` bodies.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{Method, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    method: String,
+    status: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabels {
+    source: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    response_bytes: Family<RouteLabels, Counter>,
+    served_bytes: Family<SourceLabels, Counter>,
+    pub in_flight: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("reflektor");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let response_bytes = Family::<RouteLabels, Counter>::default();
+        let served_bytes = Family::<SourceLabels, Counter>::default();
+        let in_flight = Gauge::default();
+        registry.register(
+            "http_requests",
+            "Registry requests by route, method and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_response_bytes",
+            "Response body bytes written, by route",
+            response_bytes.clone(),
+        );
+        registry.register(
+            "served_bytes",
+            "Manifest and blob bytes served, by where they came from (local or peer)",
+            served_bytes.clone(),
+        );
+        registry.register(
+            "http_requests_in_flight",
+            "Registry requests being answered now",
+            in_flight.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            response_bytes,
+            served_bytes,
+            in_flight,
+        }
+    }
+
+    /// One answered request. Manifest and blob bytes from this node's
+    /// store count as served from `local`.
+    pub fn record(&self, route: &'static str, method: &Method, status: u16, bytes: u64) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route,
+                method: method.as_str().to_owned(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.response_bytes
+            .get_or_create(&RouteLabels { route })
+            .inc_by(bytes);
+        let success = (200..300).contains(&status);
+        if success && matches!(route, "manifest" | "blob") {
+            self.served_bytes
+                .get_or_create(&SourceLabels { source: "local" })
+                .inc_by(bytes);
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The `/metrics` endpoint, for the metrics listener.
+pub fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = Arc::clone(&metrics);
+            async move {
+                (
+                    StatusCode::OK,
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+                    .into_response()
+            }
+        }),
+    )
+}

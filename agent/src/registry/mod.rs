@@ -1,0 +1,251 @@
+//! The HTTP mirror: the OCI distribution spec's pull endpoints over a node's
+//! content store. Handlers are plain axum, testable with `oneshot`; `server`
+//! owns the connections in production so that blob bodies can leave through
+//! `sendfile(2)`.
+
+mod error;
+mod filter;
+mod range;
+pub mod server;
+mod target;
+
+pub use error::RegistryError;
+pub use filter::Filter;
+pub use server::SendFile;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use futures::StreamExt;
+
+use crate::oci::{Digest, Reference, media_type};
+use crate::store::{BlobBody, ByteRange, ContentStore};
+use range::RangeRequest;
+use target::{Kind, Target};
+
+/// The header the distribution spec uses to name a response's digest.
+const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
+
+/// Which endpoint answered, for metrics; set on every response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route(pub &'static str);
+
+pub struct AppState {
+    pub store: Arc<dyn ContentStore>,
+    pub filter: Filter,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v2", any(base))
+        .route("/v2/", any(base))
+        .route("/v2/{*path}", any(dispatch))
+        .route("/readyz", get(readyz))
+        .route("/livez", get(livez))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+fn with_route(route: &'static str, response: impl IntoResponse) -> Response {
+    let mut response = response.into_response();
+    response.extensions_mut().insert(Route(route));
+    response
+}
+
+fn pull_only(method: &Method) -> Result<(), RegistryError> {
+    if method == Method::GET || method == Method::HEAD {
+        Ok(())
+    } else {
+        Err(RegistryError::MethodNotAllowed(format!(
+            "{method} is not supported: this is a read-only mirror; push to the upstream registry"
+        )))
+    }
+}
+
+async fn base(method: Method) -> Response {
+    let response = pull_only(&method).map(|()| {
+        (
+            [(
+                "docker-distribution-api-version",
+                HeaderValue::from_static("registry/2.0"),
+            )],
+            axum::Json(serde_json::json!({})),
+        )
+    });
+    with_route("base", response)
+}
+
+async fn dispatch(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let path = uri.path().strip_prefix("/v2/").unwrap_or_default();
+    let route = if path.contains("/blobs/") {
+        "blob"
+    } else {
+        "manifest"
+    };
+    let result = async {
+        pull_only(&method)?;
+        let target = Target::parse(path, uri.query())?;
+        state.filter.check(&target)?;
+        let head = method == Method::HEAD;
+        match target.kind {
+            Kind::Manifest(reference) => {
+                manifest(&state, &target.registry, &target.name, reference, head).await
+            }
+            Kind::Blob(digest) => blob(&state, &digest, &headers, head).await,
+        }
+    }
+    .await;
+    with_route(route, result)
+}
+
+async fn manifest(
+    state: &AppState,
+    registry: &Option<crate::oci::Registry>,
+    name: &crate::oci::Name,
+    reference: Reference,
+    head: bool,
+) -> Result<Response, RegistryError> {
+    let digest = match reference {
+        Reference::Digest(digest) => digest,
+        Reference::Tag(tag) => {
+            let Some(registry) = registry else {
+                return Err(RegistryError::NameUnknown(format!(
+                    "tag {name}:{tag} needs its registry: add ?ns=<registry> or put the \
+                     registry first in the path, as in /v2/docker.io/{name}/manifests/{tag}"
+                )));
+            };
+            state
+                .store
+                .resolve(registry, name, &tag)
+                .await
+                .map_err(|e| RegistryError::from_store(e, true))?
+        }
+    };
+    let manifest = state
+        .store
+        .manifest(&digest)
+        .await
+        .map_err(|e| RegistryError::from_store(e, true))?;
+    let headers = [
+        (header::CONTENT_TYPE, header_value(&manifest.media_type)),
+        (
+            header::CONTENT_LENGTH,
+            HeaderValue::from(manifest.bytes.len()),
+        ),
+        (
+            header::HeaderName::from_static(DOCKER_CONTENT_DIGEST),
+            header_value(&digest.to_string()),
+        ),
+    ];
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(manifest.bytes)
+    };
+    Ok((headers, body).into_response())
+}
+
+async fn blob(
+    state: &AppState,
+    digest: &Digest,
+    headers: &HeaderMap,
+    head: bool,
+) -> Result<Response, RegistryError> {
+    let size = state
+        .store
+        .blob_size(digest)
+        .await
+        .map_err(|e| RegistryError::from_store(e, false))?;
+    let range_header = headers.get(header::RANGE).map(HeaderValue::as_bytes);
+    let (status, range) = match range::parse(range_header, size) {
+        RangeRequest::Whole => (
+            StatusCode::OK,
+            ByteRange {
+                start: 0,
+                len: size,
+            },
+        ),
+        RangeRequest::Partial(range) => (StatusCode::PARTIAL_CONTENT, range),
+        RangeRequest::Unsatisfiable => {
+            return Err(RegistryError::RangeNotSatisfiable(
+                format!("the requested range is not within blob {digest} of {size} bytes"),
+                size,
+            ));
+        }
+    };
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, media_type::OCTET_STREAM)
+        .header(header::CONTENT_LENGTH, range.len)
+        .header(DOCKER_CONTENT_DIGEST, digest.to_string())
+        .header(header::ACCEPT_RANGES, "bytes");
+    if status == StatusCode::PARTIAL_CONTENT {
+        let end = range.start + range.len - 1;
+        response = response.header(
+            header::CONTENT_RANGE,
+            format!("bytes {}-{end}/{size}", range.start),
+        );
+    }
+    if head {
+        return Ok(response.body(Body::empty()).expect("valid response parts"));
+    }
+    let body = state
+        .store
+        .blob(digest, range)
+        .await
+        .map_err(|e| RegistryError::from_store(e, false))?;
+    let response = match body {
+        BlobBody::File { file, range } => {
+            let send_file = SendFile::new(file, range);
+            let body = Body::from_stream(send_file.stream());
+            response.extension(send_file).body(body)
+        }
+        BlobBody::Stream(stream) => response.body(Body::from_stream(stream.boxed())),
+    };
+    Ok(response.expect("valid response parts"))
+}
+
+/// Media types and digests are plain ASCII by construction; a store that
+/// returned anything else gets its value replaced rather than a panic.
+fn header_value(value: &str) -> HeaderValue {
+    HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let response = match state.store.ready().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(error) => {
+            tracing::warn!(%error, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {error}\n"),
+            )
+                .into_response()
+        }
+    };
+    with_route("readyz", response)
+}
+
+async fn livez() -> Response {
+    with_route("livez", (StatusCode::OK, "alive\n"))
+}
+
+async fn not_found() -> Response {
+    with_route(
+        "other",
+        RegistryError::Unsupported("not a registry endpoint; try /v2/".to_owned()),
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,397 @@
+//! The registry's HTTP/1.1 server. We own the connections instead of handing
+//! them to hyper because hyper writes every body byte from user space: it has
+//! no way to send a file with `sendfile(2)`, and blob bodies are nearly all
+//! of what a mirror sends. Every request still goes through the axum router,
+//! so handlers stay plain and testable; a blob response carries a [`SendFile`]
+//! extension, and this server sends that file range straight from the page
+//! cache to the socket. Other bodies are written as they stream.
+//!
+//! Scope: what containerd, skopeo and curl send to a pull-only registry.
+//! Requests have no bodies (one that announces a body is answered and the
+//! connection closed), responses always carry `Content-Length`, and
+//! connections are kept alive between requests.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Version, header};
+use bytes::{Buf, Bytes, BytesMut};
+use futures::{Stream, TryStreamExt};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, Interest};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::io::ReaderStream;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use super::Route;
+use crate::metrics::Metrics;
+use crate::store::ByteRange;
+
+/// A request head larger than this is refused with 431: real clients send a
+/// few hundred bytes.
+const MAX_HEAD: usize = 16 * 1024;
+const MAX_HEADERS: usize = 64;
+/// How long a client may take to send a request head once it has started.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle kept-alive connection is held open.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A bound on connections, so a flood cannot exhaust file descriptors.
+const MAX_CONNECTIONS: usize = 4096;
+/// One `sendfile` call moves at most this much; the kernel's own cap is
+/// just under 2 GiB.
+const SENDFILE_CHUNK: usize = 0x7fff_f000;
+
+/// A file range for the server to send with `sendfile(2)`. The handler also
+/// gives the response an ordinary body that streams the same range, which
+/// is what any other server (and `oneshot` in tests) will use.
+#[derive(Debug, Clone)]
+pub struct SendFile {
+    file: Arc<std::fs::File>,
+    range: ByteRange,
+}
+
+impl SendFile {
+    pub fn new(file: std::fs::File, range: ByteRange) -> Self {
+        Self {
+            file: Arc::new(file),
+            range,
+        }
+    }
+
+    /// The same bytes as a stream, read lazily: nothing is read unless the
+    /// response goes out through a server that ignores this extension.
+    pub fn stream(&self) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+        let file = Arc::clone(&self.file);
+        let range = self.range;
+        futures::stream::once(async move {
+            let mut file = tokio::fs::File::from_std(file.try_clone()?);
+            file.seek(io::SeekFrom::Start(range.start)).await?;
+            Ok::<_, io::Error>(ReaderStream::new(file.take(range.len)))
+        })
+        .try_flatten()
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown` is cancelled; connections
+/// already open finish their current response.
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            permit = Arc::clone(&slots).acquire_owned() => permit.expect("never closed"),
+        };
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let app = app.clone();
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            if let Err(error) = Connection::new(stream, app, metrics).run().await {
+                tracing::debug!(%peer, %error, "connection ended");
+            }
+            drop(permit);
+        });
+    }
+}
+
+struct Connection {
+    stream: TcpStream,
+    buffer: BytesMut,
+    app: Router,
+    metrics: Arc<Metrics>,
+}
+
+/// What reading a request head produced.
+enum Head {
+    Request {
+        request: Box<Request<Body>>,
+        keep_alive: bool,
+    },
+    /// The client closed the connection between requests.
+    Closed,
+    /// Not HTTP we can answer; respond with this status and close.
+    Reject(axum::http::StatusCode, &'static str),
+}
+
+impl Connection {
+    fn new(stream: TcpStream, app: Router, metrics: Arc<Metrics>) -> Self {
+        Self {
+            stream,
+            buffer: BytesMut::with_capacity(4096),
+            app,
+            metrics,
+        }
+    }
+
+    async fn run(mut self) -> io::Result<()> {
+        let mut patience = HEAD_TIMEOUT;
+        loop {
+            let head = match tokio::time::timeout(patience, self.read_head()).await {
+                Ok(head) => head?,
+                Err(_) => return Ok(()),
+            };
+            patience = IDLE_TIMEOUT;
+            let (request, keep_alive) = match head {
+                Head::Closed => return Ok(()),
+                Head::Reject(status, message) => {
+                    self.write_error(status, message).await?;
+                    return Ok(());
+                }
+                Head::Request {
+                    request,
+                    keep_alive,
+                } => (*request, keep_alive),
+            };
+            let method = request.method().clone();
+            self.metrics.in_flight.inc();
+            let result = self.respond(request, keep_alive).await;
+            self.metrics.in_flight.dec();
+            let (route, status, bytes) = result?;
+            self.metrics.record(route, &method, status, bytes);
+            if !keep_alive {
+                return self.stream.shutdown().await;
+            }
+        }
+    }
+
+    async fn read_head(&mut self) -> io::Result<Head> {
+        loop {
+            if !self.buffer.is_empty() {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut parsed = httparse::Request::new(&mut headers);
+                match parsed.parse(&self.buffer) {
+                    Ok(httparse::Status::Complete(len)) => {
+                        let head = build_request(&parsed);
+                        self.buffer.advance(len);
+                        return Ok(head);
+                    }
+                    Ok(httparse::Status::Partial) => {}
+                    Err(httparse::Error::TooManyHeaders) => {
+                        return Ok(Head::Reject(
+                            axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                            "too many request headers",
+                        ));
+                    }
+                    Err(_) => {
+                        return Ok(Head::Reject(
+                            axum::http::StatusCode::BAD_REQUEST,
+                            "malformed HTTP request",
+                        ));
+                    }
+                }
+                if self.buffer.len() >= MAX_HEAD {
+                    return Ok(Head::Reject(
+                        axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "request head too large",
+                    ));
+                }
+            }
+            if self.stream.read_buf(&mut self.buffer).await? == 0 {
+                return if self.buffer.is_empty() {
+                    Ok(Head::Closed)
+                } else {
+                    Err(io::ErrorKind::UnexpectedEof.into())
+                };
+            }
+        }
+    }
+
+    /// Runs the router and writes its response; returns what metrics need.
+    async fn respond(
+        &mut self,
+        request: Request<Body>,
+        keep_alive: bool,
+    ) -> io::Result<(&'static str, u16, u64)> {
+        let head_only = request.method() == Method::HEAD;
+        let response: Response<Body> = match self.app.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        let (mut parts, body) = response.into_parts();
+        let route = parts.extensions.get::<Route>().map_or("other", |r| r.0);
+        let status = parts.status.as_u16();
+        let send_file = parts.extensions.remove::<SendFile>();
+        if !keep_alive {
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        let sent = if head_only {
+            self.write_head(parts.status, &parts.headers).await?;
+            0
+        } else if let Some(send_file) = send_file {
+            self.write_head(parts.status, &parts.headers).await?;
+            self.send_file(&send_file).await?
+        } else if parts.headers.contains_key(header::CONTENT_LENGTH) {
+            self.write_head(parts.status, &parts.headers).await?;
+            self.write_body(body).await?
+        } else {
+            let bytes = body.collect().await.map_err(io::Error::other)?.to_bytes();
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            self.write_head(parts.status, &parts.headers).await?;
+            self.stream.write_all(&bytes).await?;
+            bytes.len() as u64
+        };
+        Ok((route, status, sent))
+    }
+
+    async fn write_head(
+        &mut self,
+        status: axum::http::StatusCode,
+        headers: &HeaderMap,
+    ) -> io::Result<()> {
+        let mut head = Vec::with_capacity(512);
+        head.extend_from_slice(b"HTTP/1.1 ");
+        head.extend_from_slice(status.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        head.extend_from_slice(b"\r\n");
+        for (name, value) in headers {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.extend_from_slice(b": ");
+            head.extend_from_slice(value.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
+        head.extend_from_slice(b"\r\n");
+        self.stream.write_all(&head).await
+    }
+
+    /// Streams a body as its frames arrive. The length was promised in the
+    /// head, so an error midway must end the connection: a truncated
+    /// response is the only honest signal left.
+    async fn write_body(&mut self, mut body: Body) -> io::Result<u64> {
+        let mut sent = 0;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(io::Error::other)?;
+            if let Ok(data) = frame.into_data() {
+                self.stream.write_all(&data).await?;
+                sent += data.len() as u64;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// The zero-copy path: the kernel moves the range from the page cache to
+    /// the socket, waiting for the socket to drain between calls.
+    async fn send_file(&mut self, send_file: &SendFile) -> io::Result<u64> {
+        let mut offset = send_file.range.start;
+        let end = send_file.range.start + send_file.range.len;
+        while offset < end {
+            let want = usize::try_from(end - offset)
+                .unwrap_or(usize::MAX)
+                .min(SENDFILE_CHUNK);
+            self.stream.writable().await?;
+            let socket = self.stream.as_fd();
+            let file = send_file.file.as_fd();
+            match self.stream.try_io(Interest::WRITABLE, || {
+                rustix::fs::sendfile(socket, file, Some(&mut offset), want).map_err(io::Error::from)
+            }) {
+                // The file is shorter than the store said: it changed under us.
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(send_file.range.len)
+    }
+
+    async fn write_error(
+        &mut self,
+        status: axum::http::StatusCode,
+        message: &str,
+    ) -> io::Result<()> {
+        let code = if status == axum::http::StatusCode::BAD_REQUEST {
+            "BAD_REQUEST"
+        } else {
+            "HEADERS_TOO_LARGE"
+        };
+        let body = serde_json::json!({"errors": [{"code": code, "message": message}]}).to_string();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        self.write_head(status, &headers).await?;
+        self.stream.write_all(body.as_bytes()).await?;
+        self.metrics
+            .record("other", &Method::GET, status.as_u16(), body.len() as u64);
+        self.stream.shutdown().await
+    }
+}
+
+/// Turns a parsed head into a request for the router. A request that
+/// announces a body is served, but the connection is closed after it rather
+/// than read past a body we never wanted.
+fn build_request(parsed: &httparse::Request<'_, '_>) -> Head {
+    let bad = Head::Reject(
+        axum::http::StatusCode::BAD_REQUEST,
+        "malformed HTTP request",
+    );
+    let (Some(method), Some(path), Some(version)) = (parsed.method, parsed.path, parsed.version)
+    else {
+        return bad;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return bad;
+    };
+    let Ok(uri) = path.parse::<axum::http::Uri>() else {
+        return bad;
+    };
+    let mut request = Request::new(Body::empty());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = if version == 0 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let mut keep_alive = version == 1;
+    for header in parsed.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(header.name.as_bytes()),
+            HeaderValue::from_bytes(header.value),
+        ) else {
+            return bad;
+        };
+        let announces_body = (name == header::CONTENT_LENGTH && value.as_bytes() != b"0")
+            || name == header::TRANSFER_ENCODING;
+        let asks_close = name == header::CONNECTION
+            && value
+                .to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+        if announces_body || asks_close {
+            keep_alive = false;
+        }
+        request.headers_mut().append(name, value);
+    }
+    Head::Request {
+        request: Box::new(request),
+        keep_alive,
+    }
+}

@@ -1,0 +1,581 @@
+//! The registry's handlers through `oneshot`, over a real OCI layout store:
+//! every case as GET and as HEAD, checking status, headers and body.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use super::*;
+use crate::store::OciLayoutStore;
+use crate::store::conformance::{Expected, write_layout};
+
+struct Fixture {
+    app: Router,
+    expected: Expected,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture(filter: Filter) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = write_layout(dir.path(), 3);
+    let store = OciLayoutStore::open(dir.path()).await.unwrap();
+    let app = router(Arc::new(AppState {
+        store: Arc::new(store),
+        filter,
+    }));
+    Fixture {
+        app,
+        expected,
+        _dir: dir,
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Vec<u8>,
+}
+
+async fn call(app: &Router, method: Method, uri: &str, range: Option<&str>) -> Answer {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(range) = range {
+        request = request.header(header::RANGE, range);
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let (parts, body) = response.into_parts();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes().to_vec(),
+    }
+}
+
+fn header<'a>(answer: &'a Answer, name: &str) -> &'a str {
+    answer
+        .headers
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} header"))
+        .to_str()
+        .unwrap()
+}
+
+/// The OCI error code in a JSON error body.
+fn code(answer: &Answer) -> String {
+    let body: serde_json::Value = serde_json::from_slice(&answer.body)
+        .unwrap_or_else(|e| panic!("error body is not JSON ({e}): {:?}", answer.body));
+    body["errors"][0]["code"].as_str().unwrap().to_owned()
+}
+
+/// Calls as GET and HEAD; checks HEAD has GET's status and headers and no body.
+async fn both(app: &Router, uri: &str, range: Option<&str>) -> Answer {
+    let get = call(app, Method::GET, uri, range).await;
+    let head = call(app, Method::HEAD, uri, range).await;
+    assert_eq!(head.status, get.status, "HEAD {uri}");
+    for name in [
+        "content-type",
+        "content-length",
+        "docker-content-digest",
+        "content-range",
+    ] {
+        assert_eq!(
+            head.headers.get(name),
+            get.headers.get(name),
+            "HEAD {uri}: {name}"
+        );
+    }
+    if get.status.is_success() {
+        assert!(head.body.is_empty(), "HEAD {uri} has a body");
+        assert_eq!(
+            header(&get, "content-length"),
+            get.body.len().to_string(),
+            "{uri}"
+        );
+    }
+    get
+}
+
+#[tokio::test]
+async fn the_api_root_says_registry_v2() {
+    let f = fixture(Filter::default()).await;
+    for uri in ["/v2/", "/v2"] {
+        let answer = both(&f.app, uri, None).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(
+            header(&answer, "docker-distribution-api-version"),
+            "registry/2.0"
+        );
+    }
+}
+
+#[tokio::test]
+async fn manifests_by_tag_and_by_digest_carry_their_own_media_type() {
+    let f = fixture(Filter::default()).await;
+    let e = &f.expected;
+    let by_tag = [
+        format!("/v2/{}/manifests/{}?ns={}", e.name, e.tag, e.registry),
+        format!("/v2/{}/{}/manifests/{}", e.registry, e.name, e.tag),
+    ];
+    for uri in by_tag {
+        let answer = both(&f.app, &uri, None).await;
+        assert_eq!(answer.status, StatusCode::OK, "{uri}");
+        assert_eq!(header(&answer, "content-type"), media_type::OCI_INDEX);
+        assert_eq!(header(&answer, "docker-content-digest"), e.root.to_string());
+        assert_eq!(Digest::sha256_of(&answer.body), e.root);
+    }
+    for (digest, media_type) in &e.manifests {
+        let uri = format!("/v2/{}/manifests/{digest}?ns={}", e.name, e.registry);
+        let answer = both(&f.app, &uri, None).await;
+        assert_eq!(answer.status, StatusCode::OK, "{uri}");
+        assert_eq!(header(&answer, "content-type"), media_type);
+        assert_eq!(Digest::sha256_of(&answer.body), *digest);
+    }
+}
+
+#[tokio::test]
+async fn blobs_whole_and_ranged() {
+    let f = fixture(Filter::default()).await;
+    let (digest, size) = f.expected.blobs[0].clone();
+    let uri = format!("/v2/team/app/blobs/{digest}");
+    let whole = both(&f.app, &uri, None).await;
+    assert_eq!(whole.status, StatusCode::OK);
+    assert_eq!(header(&whole, "content-type"), "application/octet-stream");
+    assert_eq!(header(&whole, "accept-ranges"), "bytes");
+    assert_eq!(header(&whole, "docker-content-digest"), digest.to_string());
+    assert_eq!(whole.body.len() as u64, size);
+    assert_eq!(Digest::sha256_of(&whole.body), digest);
+
+    let part = both(&f.app, &uri, Some("bytes=10-19")).await;
+    assert_eq!(part.status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(
+        header(&part, "content-range"),
+        format!("bytes 10-19/{size}")
+    );
+    assert_eq!(part.body, whole.body[10..20]);
+
+    let tail = both(&f.app, &uri, Some("bytes=-5")).await;
+    assert_eq!(tail.body, whole.body[whole.body.len() - 5..]);
+
+    let beyond = both(&f.app, &uri, Some(&format!("bytes={size}-"))).await;
+    assert_eq!(beyond.status, StatusCode::RANGE_NOT_SATISFIABLE);
+    assert_eq!(header(&beyond, "content-range"), format!("bytes */{size}"));
+    assert_eq!(code(&beyond), "RANGE_INVALID");
+}
+
+#[tokio::test]
+async fn errors_are_oci_json_with_the_right_code() {
+    let f = fixture(Filter::default()).await;
+    let e = &f.expected;
+    let missing = Digest::sha256_of(b"missing");
+    let config = &e.blobs[1].0;
+    let cases: Vec<(String, StatusCode, &str)> = vec![
+        (
+            format!("/v2/team/app/blobs/{missing}"),
+            StatusCode::NOT_FOUND,
+            "BLOB_UNKNOWN",
+        ),
+        (
+            format!("/v2/team/app/manifests/{missing}"),
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            format!("/v2/team/app/manifests/{config}"),
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            format!("/v2/team/app/manifests/nope?ns={}", e.registry),
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            "/v2/team/app/manifests/v1".into(),
+            StatusCode::NOT_FOUND,
+            "NAME_UNKNOWN",
+        ),
+        (
+            "/v2/team/app/blobs/sha256:abc".into(),
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+        ),
+        (
+            "/v2/team/app/blobs/md5:abc".into(),
+            StatusCode::BAD_REQUEST,
+            "DIGEST_INVALID",
+        ),
+        (
+            "/v2/Team/app/manifests/v1?ns=example.com".into(),
+            StatusCode::BAD_REQUEST,
+            "NAME_INVALID",
+        ),
+        (
+            "/v2/team/%2e%2e/manifests/v1".into(),
+            StatusCode::BAD_REQUEST,
+            "NAME_INVALID",
+        ),
+        (
+            "/v2/team/app/manifests/-bad".into(),
+            StatusCode::BAD_REQUEST,
+            "TAG_INVALID",
+        ),
+        (
+            "/v2/team/app/manifests/v1?ns=not/a/host".into(),
+            StatusCode::BAD_REQUEST,
+            "NAME_INVALID",
+        ),
+        (
+            "/v2/team/app/tags/list".into(),
+            StatusCode::NOT_FOUND,
+            "UNSUPPORTED",
+        ),
+        ("/v2/_catalog".into(), StatusCode::NOT_FOUND, "UNSUPPORTED"),
+        ("/etc/passwd".into(), StatusCode::NOT_FOUND, "UNSUPPORTED"),
+    ];
+    for (uri, status, expected) in cases {
+        let answer = both(&f.app, &uri, None).await;
+        assert_eq!(answer.status, status, "{uri}");
+        assert_eq!(code(&answer), expected, "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn push_methods_are_refused_with_405() {
+    let f = fixture(Filter::default()).await;
+    for method in [Method::PUT, Method::POST, Method::PATCH, Method::DELETE] {
+        for uri in [
+            "/v2/",
+            "/v2/team/app/blobs/uploads/",
+            "/v2/team/app/manifests/v1",
+        ] {
+            let answer = call(&f.app, method.clone(), uri, None).await;
+            assert_eq!(
+                answer.status,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {uri}"
+            );
+            assert_eq!(code(&answer), "UNSUPPORTED", "{method} {uri}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn filters_hide_what_is_not_mirrored() {
+    let mirrored_elsewhere = Filter {
+        mirrored: vec!["docker.io".parse().unwrap()],
+        exclude: vec![],
+    };
+    let f = fixture(mirrored_elsewhere).await;
+    let e = &f.expected;
+    let uri = format!("/v2/{}/manifests/{}?ns={}", e.name, e.tag, e.registry);
+    let answer = both(&f.app, &uri, None).await;
+    assert_eq!(answer.status, StatusCode::NOT_FOUND);
+    assert_eq!(code(&answer), "MANIFEST_UNKNOWN");
+
+    let excluded = Filter {
+        mirrored: vec![],
+        exclude: vec![regex::Regex::new(":v1$").unwrap()],
+    };
+    let f = fixture(excluded).await;
+    assert_eq!(both(&f.app, &uri, None).await.status, StatusCode::NOT_FOUND);
+    let by_digest = format!("/v2/{}/manifests/{}?ns={}", e.name, e.root, e.registry);
+    assert_eq!(both(&f.app, &by_digest, None).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn health_endpoints() {
+    let f = fixture(Filter::default()).await;
+    assert_eq!(
+        call(&f.app, Method::GET, "/livez", None).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&f.app, Method::GET, "/readyz", None).await.status,
+        StatusCode::OK
+    );
+}
+
+#[test]
+fn error_bodies_snapshot() {
+    let errors = [
+        RegistryError::from_store(crate::store::StoreError::NotFound("blob x".into()), false),
+        RegistryError::MethodNotAllowed("PUT is not supported".into()),
+        RegistryError::RangeNotSatisfiable("range".into(), 10),
+    ];
+    let rendered: Vec<String> = errors
+        .into_iter()
+        .map(|error| {
+            let response = error.into_response();
+            let status = response.status();
+            let range = response.headers().get("content-range").cloned();
+            let body = futures::executor::block_on(response.into_body().collect())
+                .unwrap()
+                .to_bytes();
+            format!("{status} {range:?} {}", String::from_utf8_lossy(&body))
+        })
+        .collect();
+    insta::assert_snapshot!(rendered.join("\n"));
+}
+
+#[tokio::test]
+async fn local_blob_bodies_are_marked_for_sendfile() {
+    let f = fixture(Filter::default()).await;
+    let (digest, _) = &f.expected.blobs[0];
+    let request = Request::get(format!("/v2/team/app/blobs/{digest}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = f.app.clone().oneshot(request).await.unwrap();
+    assert!(response.extensions().get::<SendFile>().is_some());
+}
+
+/// The production server over a real socket: keep-alive, sendfile bodies,
+/// and the hostile input a mirror on every node will see.
+mod socket {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    struct Server {
+        addr: std::net::SocketAddr,
+        expected: Expected,
+        metrics: Arc<Metrics>,
+        stop: CancellationToken,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.stop.cancel();
+        }
+    }
+
+    async fn start() -> Server {
+        let f = fixture(Filter::default()).await;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let stop = CancellationToken::new();
+        tokio::spawn(server::serve(
+            listener,
+            f.app,
+            Arc::clone(&metrics),
+            stop.clone(),
+        ));
+        Server {
+            addr,
+            expected: f.expected,
+            metrics,
+            stop,
+            _dir: f._dir,
+        }
+    }
+
+    /// A raw HTTP/1.1 client that keeps bytes past one response for the
+    /// next, as pipelining needs.
+    struct Client {
+        stream: TcpStream,
+        buffer: Vec<u8>,
+    }
+
+    impl Client {
+        async fn connect(addr: std::net::SocketAddr) -> Self {
+            Self {
+                stream: TcpStream::connect(addr).await.unwrap(),
+                buffer: Vec::new(),
+            }
+        }
+
+        async fn send(&mut self, request: &str) {
+            self.stream.write_all(request.as_bytes()).await.unwrap();
+        }
+
+        async fn fill(&mut self, context: &str) {
+            let mut chunk = vec![0u8; 64 * 1024];
+            let n = self.stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed {context}");
+            self.buffer.extend_from_slice(&chunk[..n]);
+        }
+
+        /// One response: status, headers, and exactly Content-Length bytes.
+        async fn response(&mut self, head_only: bool) -> (u16, Vec<(String, String)>, Vec<u8>) {
+            let (status, headers, consumed) = loop {
+                let mut headers = [httparse::EMPTY_HEADER; 32];
+                let mut response = httparse::Response::new(&mut headers);
+                if let httparse::Status::Complete(len) = response.parse(&self.buffer).unwrap() {
+                    let headers: Vec<(String, String)> = response
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            let value = String::from_utf8_lossy(h.value).into_owned();
+                            (h.name.to_lowercase(), value)
+                        })
+                        .collect();
+                    break (response.code.unwrap(), headers, len);
+                }
+                self.fill("before a full response head").await;
+            };
+            let length: usize = value(&headers, "content-length")
+                .expect("every response has a content-length")
+                .parse()
+                .unwrap();
+            let want = consumed + if head_only { 0 } else { length };
+            while self.buffer.len() < want {
+                self.fill("in the middle of a body").await;
+            }
+            let rest = self.buffer.split_off(want);
+            let body = self.buffer.split_off(consumed);
+            self.buffer = rest;
+            (status, headers, body)
+        }
+    }
+
+    fn value<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[tokio::test]
+    async fn keep_alive_serves_many_requests_on_one_connection() {
+        let server = start().await;
+        let mut client = Client::connect(server.addr).await;
+        let (digest, size) = server.expected.blobs[0].clone();
+        let requests = [
+            (
+                format!("GET /v2/team/app/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n"),
+                false,
+            ),
+            (
+                format!("HEAD /v2/team/app/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n"),
+                true,
+            ),
+            (
+                format!("GET /v2/team/app/blobs/{digest} HTTP/1.1\r\nRange: bytes=1-3\r\n\r\n"),
+                false,
+            ),
+            ("GET /v2/ HTTP/1.1\r\n\r\n".to_owned(), false),
+        ];
+        let mut answers = Vec::new();
+        for (request, head_only) in &requests {
+            client.send(request).await;
+            answers.push(client.response(*head_only).await);
+        }
+        let (status, headers, body) = &answers[0];
+        assert_eq!(*status, 200);
+        assert_eq!(body.len() as u64, size);
+        assert_eq!(Digest::sha256_of(body), digest);
+        assert_eq!(
+            value(headers, "content-length"),
+            Some(size.to_string().as_str())
+        );
+        assert_eq!(answers[1].0, 200);
+        assert_eq!(answers[2].0, 206);
+        assert_eq!(answers[2].2, body[1..4]);
+        assert_eq!(answers[3].0, 200);
+        let metrics = server.metrics.encode();
+        assert!(
+            metrics.contains(r#"reflektor_served_bytes_total{source="local"}"#),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains(r#"route="blob",method="GET",status="206""#),
+            "{metrics}"
+        );
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order() {
+        let server = start().await;
+        let mut client = Client::connect(server.addr).await;
+        let (digest, _) = server.expected.blobs[0].clone();
+        let two = format!(
+            "GET /v2/team/app/blobs/{digest} HTTP/1.1\r\nRange: bytes=0-0\r\n\r\n\
+             GET /v2/team/app/blobs/{digest} HTTP/1.1\r\nRange: bytes=1-1\r\n\r\n"
+        );
+        client.send(&two).await;
+        let first = client.response(false).await;
+        let second = client.response(false).await;
+        assert_eq!((first.0, first.2.len()), (206, 1));
+        assert_eq!((second.0, second.2.len()), (206, 1));
+        assert_ne!(first.2, second.2);
+    }
+
+    /// Each case gets a 4xx with a JSON error body, never a 5xx or a hang.
+    #[tokio::test]
+    async fn hostile_requests_get_4xx() {
+        let server = start().await;
+        let many_params: String = (0..5000).map(|i| format!("p{i}=x&")).collect();
+        let huge_header = "a".repeat(20_000);
+        let cases: Vec<(String, u16)> = vec![
+            (
+                "GET /v2/../../etc/passwd/manifests/x HTTP/1.1\r\n\r\n".into(),
+                400,
+            ),
+            ("GET /v2/a%2Fb/manifests/v1 HTTP/1.1\r\n\r\n".into(), 400),
+            ("GET /v2/a/manifests/v1\0 HTTP/1.1\r\n\r\n".into(), 400),
+            (
+                format!("GET /v2/a/manifests/v1?{many_params} HTTP/1.1\r\n\r\n"),
+                431,
+            ),
+            (
+                format!("GET /v2/ HTTP/1.1\r\nX-Big: {huge_header}\r\n\r\n"),
+                431,
+            ),
+            (
+                format!(
+                    "GET /v2/ HTTP/1.1\r\n{}\r\n",
+                    (0..100)
+                        .map(|i| format!("X-{i}: y\r\n"))
+                        .collect::<String>()
+                ),
+                431,
+            ),
+            ("BREW /v2/ HTCPCP/1.0\r\n\r\n".into(), 400),
+            ("GET /v2/a/blobs/sha256:zz HTTP/1.1\r\n\r\n".into(), 400),
+            (
+                format!(
+                    "GET /v2/team/app/blobs/{} HTTP/1.1\r\nRange: bytes=99999999-\r\n\r\n",
+                    server.expected.blobs[0].0
+                ),
+                416,
+            ),
+            (
+                "PUT /v2/team/app/manifests/v1 HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello".into(),
+                405,
+            ),
+            (
+                "GET /v2/a/manifests/v1?ns=a%2Fb HTTP/1.1\r\n\r\n".into(),
+                400,
+            ),
+        ];
+        for (request, expected) in cases {
+            let mut client = Client::connect(server.addr).await;
+            client.send(&request).await;
+            let shown: String = request.chars().take(60).collect();
+            let (status, headers, body) =
+                tokio::time::timeout(Duration::from_secs(5), client.response(false))
+                    .await
+                    .unwrap_or_else(|_| panic!("{shown:?} hung"));
+            assert_eq!(status, expected, "{shown:?}");
+            assert_eq!(
+                value(&headers, "content-type"),
+                Some("application/json"),
+                "{shown:?}"
+            );
+            let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert!(body["errors"][0]["code"].is_string(), "{shown:?}");
+        }
+    }
+}

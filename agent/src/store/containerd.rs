@@ -1,0 +1,240 @@
+//! containerd's content store, the one nodes run: images through the images
+//! service, sizes through the content service, and blob bytes straight from
+//! `<content-path>/blobs/<alg>/<hex>` so that they can go out with
+//! `sendfile(2)`. When that directory is not readable (the agent's pod does
+//! not mount it), bytes come through the content service's `Read` instead.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use containerd_client::services::v1::{
+    GetImageRequest, InfoRequest, ListImagesRequest, ReadContentRequest,
+    content_client::ContentClient, images_client::ImagesClient,
+};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+use super::media_types::{Descriptor, MediaTypes};
+use super::{BlobBody, ByteRange, ContentStore, Manifest, StoreError};
+use crate::oci::{Digest, Name, Registry, Tag};
+use crate::runtime::Containerd;
+
+/// The metadata key containerd reads the namespace from.
+const NAMESPACE_HEADER: &str = "containerd-namespace";
+
+#[derive(Debug)]
+pub struct ContainerdStore {
+    containerd: Containerd,
+    namespace: MetadataValue<tonic::metadata::Ascii>,
+    content_path: PathBuf,
+    media_types: MediaTypes,
+}
+
+impl ContainerdStore {
+    /// `namespace` is where kubelet's images live: `k8s.io`.
+    pub fn new(
+        containerd: Containerd,
+        namespace: &str,
+        content_path: &Path,
+    ) -> Result<Self, StoreError> {
+        let namespace = namespace.parse().map_err(|e| {
+            StoreError::backend(
+                format!("using containerd namespace {namespace:?}: it must be printable ASCII"),
+                e,
+            )
+        })?;
+        Ok(Self {
+            containerd,
+            namespace,
+            content_path: content_path.to_owned(),
+            media_types: MediaTypes::default(),
+        })
+    }
+
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .metadata_mut()
+            .insert(NAMESPACE_HEADER, self.namespace.clone());
+        request
+    }
+
+    fn channel(&self) -> Channel {
+        self.containerd.channel()
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.content_path
+            .join("blobs")
+            .join(digest.algorithm().name())
+            .join(digest.hex())
+    }
+
+    async fn size(&self, digest: &Digest) -> Result<u64, StoreError> {
+        let info = ContentClient::new(self.channel())
+            .info(self.request(InfoRequest {
+                digest: digest.to_string(),
+            }))
+            .await
+            .map_err(|status| from_status(status, format!("blob {digest}"), "content Info"))?
+            .into_inner()
+            .info
+            .ok_or_else(|| StoreError::NotFound(format!("blob {digest}")))?;
+        u64::try_from(info.size).map_err(|e| StoreError::backend("reading a content size", e))
+    }
+
+    /// A range of a blob through the content service.
+    async fn stream(
+        &self,
+        digest: &Digest,
+        range: ByteRange,
+    ) -> Result<BoxStream<'static, std::io::Result<Bytes>>, StoreError> {
+        let to_i64 = |n: u64| i64::try_from(n).map_err(|e| StoreError::backend("a range", e));
+        let stream = ContentClient::new(self.channel())
+            .read(self.request(ReadContentRequest {
+                digest: digest.to_string(),
+                offset: to_i64(range.start)?,
+                size: to_i64(range.len)?,
+            }))
+            .await
+            .map_err(|status| from_status(status, format!("blob {digest}"), "content Read"))?
+            .into_inner();
+        Ok(stream
+            .map_ok(|chunk| Bytes::from(chunk.data))
+            .map_err(std::io::Error::other)
+            .boxed())
+    }
+
+    /// A whole manifest: small, so read into memory, from disk when possible.
+    async fn read_all(&self, digest: &Digest) -> Result<Vec<u8>, StoreError> {
+        if let Ok(bytes) = tokio::fs::read(self.blob_path(digest)).await {
+            return Ok(bytes);
+        }
+        let len = self.size(digest).await?;
+        let chunks: Vec<Bytes> = self
+            .stream(digest, ByteRange { start: 0, len })
+            .await?
+            .try_collect()
+            .await
+            .map_err(|e| StoreError::backend(format!("reading {digest}"), e))?;
+        Ok(chunks.concat())
+    }
+
+    async fn learn(&self, target: Option<containerd_client::types::Descriptor>) {
+        let Some(target) = target else { return };
+        let Ok(digest) = target.digest.parse::<Digest>() else {
+            return;
+        };
+        let root = Descriptor {
+            media_type: target.media_type,
+            digest,
+        };
+        self.media_types
+            .learn(
+                root,
+                |digest| async move { self.read_all(&digest).await.ok() },
+            )
+            .await;
+    }
+
+    /// Walks every image: the fallback when a manifest was never seen
+    /// through `resolve`, e.g. a pull by digest.
+    async fn learn_all(&self) -> Result<(), StoreError> {
+        let images = ImagesClient::new(self.channel())
+            .list(self.request(ListImagesRequest { filters: vec![] }))
+            .await
+            .map_err(|status| StoreError::backend("listing images", status))?
+            .into_inner()
+            .images;
+        for image in images {
+            self.learn(image.target).await;
+        }
+        Ok(())
+    }
+}
+
+fn from_status(status: Status, what: String, rpc: &str) -> StoreError {
+    if status.code() == Code::NotFound {
+        StoreError::NotFound(what)
+    } else {
+        StoreError::backend(format!("calling containerd {rpc} for {what}"), status)
+    }
+}
+
+#[async_trait]
+impl ContentStore for ContainerdStore {
+    async fn resolve(
+        &self,
+        registry: &Registry,
+        name: &Name,
+        tag: &Tag,
+    ) -> Result<Digest, StoreError> {
+        let reference = format!("{registry}/{name}:{tag}");
+        let image = ImagesClient::new(self.channel())
+            .get(self.request(GetImageRequest {
+                name: reference.clone(),
+            }))
+            .await
+            .map_err(|status| from_status(status, reference.clone(), "images Get"))?
+            .into_inner()
+            .image
+            .ok_or_else(|| StoreError::NotFound(reference.clone()))?;
+        let target = image.target.clone();
+        let digest = target
+            .as_ref()
+            .and_then(|t| t.digest.parse::<Digest>().ok())
+            .ok_or_else(|| {
+                StoreError::backend(
+                    format!("reading the target of image {reference}"),
+                    "containerd returned no valid target digest",
+                )
+            })?;
+        self.learn(target).await;
+        Ok(digest)
+    }
+
+    async fn manifest(&self, digest: &Digest) -> Result<Manifest, StoreError> {
+        let media_type = match self.media_types.get(digest) {
+            Some(media_type) => media_type,
+            None => {
+                // Only content that exists is worth a walk over every image.
+                self.size(digest).await?;
+                self.learn_all().await?;
+                self.media_types
+                    .get(digest)
+                    .ok_or_else(|| StoreError::NotFound(format!("manifest {digest}")))?
+            }
+        };
+        let bytes = self.read_all(digest).await?;
+        Ok(Manifest {
+            bytes: Bytes::from(bytes),
+            media_type,
+        })
+    }
+
+    async fn blob_size(&self, digest: &Digest) -> Result<u64, StoreError> {
+        self.size(digest).await
+    }
+
+    async fn blob(&self, digest: &Digest, range: ByteRange) -> Result<BlobBody, StoreError> {
+        match tokio::fs::File::open(self.blob_path(digest)).await {
+            Ok(file) => Ok(BlobBody::File {
+                file: file.into_std().await,
+                range,
+            }),
+            Err(_) => Ok(BlobBody::Stream(self.stream(digest, range).await?)),
+        }
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.containerd
+            .version()
+            .await
+            .map(|_| ())
+            .map_err(|e| StoreError::backend("asking containerd for its version", e))
+    }
+}

@@ -1,0 +1,109 @@
+//! The content store seam: where the manifests and blobs the mirror serves
+//! come from. containerd's store is what nodes run; an OCI image-layout
+//! directory serves development, benchmarks and air-gapped seeding. Both pass
+//! the same conformance suite (`conformance`, behind the `test-util` feature).
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod conformance;
+mod containerd;
+mod media_types;
+mod oci_layout;
+
+pub use containerd::ContainerdStore;
+pub use oci_layout::OciLayoutStore;
+
+use std::fmt;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::oci::{Digest, Name, Registry, Tag};
+
+/// A manifest or index, small enough to hold in memory, with the media type
+/// its parent descriptor gave it.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub bytes: Bytes,
+    pub media_type: String,
+}
+
+/// `len` bytes of a blob starting at `start`; the registry has already
+/// checked them against the blob's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    pub start: u64,
+    pub len: u64,
+}
+
+/// A blob's bytes, as cheaply as the backend can hand them over.
+pub enum BlobBody {
+    /// On local disk: the registry sends the range with `sendfile(2)`, and
+    /// the bytes never enter user space.
+    File {
+        file: std::fs::File,
+        range: ByteRange,
+    },
+    /// Only reachable through an API, already cut to the range.
+    Stream(BoxStream<'static, std::io::Result<Bytes>>),
+}
+
+impl fmt::Debug for BlobBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BlobBody::File { range, .. } => write!(f, "BlobBody::File({range:?})"),
+            BlobBody::Stream(_) => f.write_str("BlobBody::Stream"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The sentinel every caller matches on: the store does not have it.
+    #[error("{0} is not in the content store")]
+    NotFound(String),
+    #[error("the content store failed while {context}: {source}")]
+    Backend {
+        context: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl StoreError {
+    pub fn backend(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        StoreError::Backend {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// What the mirror needs from a node's content. Implementations must be
+/// cheap to call concurrently: every request goes through them.
+#[async_trait]
+pub trait ContentStore: Send + Sync + 'static {
+    /// The digest that `registry/name:tag` points at on this node.
+    async fn resolve(
+        &self,
+        registry: &Registry,
+        name: &Name,
+        tag: &Tag,
+    ) -> Result<Digest, StoreError>;
+
+    /// A manifest or index. A digest that is a config or layer blob is
+    /// `NotFound` here: it is not a manifest.
+    async fn manifest(&self, digest: &Digest) -> Result<Manifest, StoreError>;
+
+    /// A blob's size, without opening it: enough to answer HEAD and to
+    /// check a range.
+    async fn blob_size(&self, digest: &Digest) -> Result<u64, StoreError>;
+
+    /// A range of a blob's bytes.
+    async fn blob(&self, digest: &Digest, range: ByteRange) -> Result<BlobBody, StoreError>;
+
+    /// Whether the backend answers at all; drives `/readyz`.
+    async fn ready(&self) -> Result<(), StoreError>;
+}
