@@ -2,12 +2,16 @@
 //! never the library called in-process, so that the tests cover flag parsing,
 //! exit codes and output formats too.
 
+use std::fs::File;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use reflektor::doctor::Report;
 
+use crate::http;
 use crate::node::ContainerdNode;
 
 /// Overrides where the agent binary is looked for.
@@ -115,5 +119,139 @@ fn exit_code(output: &Output) -> Result<i32> {
             output.status,
             String::from_utf8_lossy(&output.stderr)
         ),
+    }
+}
+
+/// A running `reflektor registry`, stopped with SIGTERM by [`Agent::stop`]
+/// and killed on drop, so a failing test leaves no agent behind.
+#[derive(Debug)]
+pub struct Agent {
+    child: std::process::Child,
+    registry: SocketAddr,
+    metrics: SocketAddr,
+    log_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// What an agent serves from.
+pub enum Backend<'a> {
+    Containerd(&'a ContainerdNode),
+    OciLayout(&'a Path),
+}
+
+impl Reflektor {
+    /// Starts `reflektor registry` on `ip` (a 127.0.0.N of its own) with
+    /// fresh ports, and waits until `/readyz` answers 200.
+    pub async fn start_registry(&self, backend: Backend<'_>, ip: IpAddr) -> Result<Agent> {
+        let dir = tempfile::Builder::new()
+            .prefix("reflektor-agent-")
+            .tempdir_in(crate::node::work_parent())
+            .context("creating the agent's directory")?;
+        let log_file = dir.path().join("reflektor.log");
+        let registry = http::free_port(ip)?;
+        let metrics = http::free_port(ip)?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("registry")
+            .arg(format!("--registry-addr={registry}"))
+            .arg(format!("--metrics-addr={metrics}"))
+            .arg("--log-level=debug")
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(File::create(&log_file)?)
+            .stderr(File::create(&log_file)?.try_clone()?);
+        match backend {
+            Backend::Containerd(node) => {
+                let certs = node
+                    .registry_config_path()
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| node.certs_dir().to_owned());
+                cmd.arg("--containerd-sock")
+                    .arg(node.socket())
+                    .arg("--containerd-config")
+                    .arg(node.config_file())
+                    .arg("--containerd-registry-config-path")
+                    .arg(certs)
+                    .arg("--containerd-content-path")
+                    .arg(node.content_dir());
+            }
+            Backend::OciLayout(dir) => {
+                cmd.arg("--oci-layout").arg(dir);
+            }
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        let mut agent = Agent {
+            child,
+            registry,
+            metrics,
+            log_file,
+            _dir: dir,
+        };
+        agent.wait_until_ready().await?;
+        Ok(agent)
+    }
+}
+
+impl Agent {
+    pub fn addr(&self) -> SocketAddr {
+        self.registry
+    }
+
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+    }
+
+    async fn wait_until_ready(&mut self) -> Result<()> {
+        let deadline = Instant::now() + crate::node::patience()?;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "reflektor registry exited ({status}) before it was ready:\n{}",
+                    self.log()
+                );
+            }
+            if let Ok(response) = http::get(self.registry, "/readyz", "*/*").await
+                && response.status() == 200
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("reflektor registry was not ready in time:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, as kubelet stops a pod; the agent must exit cleanly.
+    pub async fn stop(mut self) -> Result<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "reflektor registry ignored SIGTERM for 10 s:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }

@@ -83,6 +83,14 @@ impl NodeConfig {
     }
 }
 
+/// Where node directories, and the harness's other scratch directories, are created:
+/// `$REFLEKTOR_E2E_WORK`, else the system temp dir.
+pub fn work_parent() -> PathBuf {
+    env::var_os(WORK_ENV)
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(env::temp_dir, PathBuf::from)
+}
+
 /// Whether `REFLEKTOR_E2E_KEEP` (any value but empty or `0`) asks to keep node
 /// directories after stop, for a post-mortem of configs and logs.
 pub fn keep_requested() -> bool {
@@ -178,6 +186,17 @@ impl ContainerdNode {
         &self.layout.log_file
     }
 
+    /// The node's private hosts directory (`certs.d` layout); containerd reads it only
+    /// when the node was started with [`RegistryConfigPath::NodeDefault`].
+    pub fn certs_dir(&self) -> &Path {
+        &self.layout.certs_dir
+    }
+
+    /// containerd's content store directory, where the agent reads blobs.
+    pub fn content_dir(&self) -> PathBuf {
+        self.layout.root.join("io.containerd.content.v1.content")
+    }
+
     /// The CRI `config_path` written into the config, if any.
     pub fn registry_config_path(&self) -> Option<&str> {
         self.registry_config_path.as_deref()
@@ -254,7 +273,9 @@ impl ContainerdNode {
     }
 }
 
-fn patience() -> Result<Duration> {
+/// How long a daemon of the harness may take to become ready: `REFLEKTOR_E2E_PATIENCE_SECS`,
+/// else 30 s.
+pub(crate) fn patience() -> Result<Duration> {
     let Some(secs) = env::var_os(PATIENCE_ENV) else {
         return Ok(DEFAULT_PATIENCE);
     };
@@ -436,9 +457,7 @@ struct Workdir {
 
 impl Workdir {
     fn create(name: &str) -> Result<Self> {
-        let parent = env::var_os(WORK_ENV)
-            .filter(|dir| !dir.is_empty())
-            .map_or_else(env::temp_dir, PathBuf::from);
+        let parent = work_parent();
         fs::create_dir_all(&parent)
             .with_context(|| format!("creating the node parent directory {}", parent.display()))?;
         let dir = tempfile::Builder::new()
