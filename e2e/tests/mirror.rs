@@ -371,3 +371,34 @@ async fn bookworm_node_serves_its_images() -> Result<()> {
 async fn sid_node_serves_its_images() -> Result<()> {
     mirror(Suite::Sid).await
 }
+
+/// `reflektor registry` runs doctor's checks first: on bullseye's
+/// containerd 1.4 it refuses to start, exits 1, and says why and what to do.
+#[tokio::test]
+async fn registry_refuses_to_start_on_bullseye() -> Result<()> {
+    if !support::root_or_skip("registry on bullseye") {
+        return Ok(());
+    }
+    let build = support::build(Suite::Bullseye).await?;
+    let node = ContainerdNode::start(&build, NodeConfig::new("refuse-bullseye")).await?;
+    let reflektor = Reflektor::locate()?;
+    let error = reflektor
+        .start_registry(Backend::Containerd(&node), loopback(3))
+        .await
+        .expect_err("the agent must refuse containerd 1.4");
+    let message = format!("{error:#}");
+    node.stop().await?;
+    for needle in [
+        "exited (exit status: 1)",
+        "1.4.13~ds1",
+        "1.5.0",
+        "hosts.toml",
+        "upgrade containerd",
+    ] {
+        ensure!(
+            message.contains(needle),
+            "{needle:?} missing from:\n{message}"
+        );
+    }
+    Ok(())
+}
