@@ -25,3 +25,14 @@ pub fn root_or_skip(test: &str) -> bool {
     eprintln!("SKIPPED {test}: not root and REFLEKTOR_E2E_ALLOW_SKIP=1");
     false
 }
+
+/// The value at a dotted path of tables, e.g. `["plugins", cri, "registry",
+/// "config_path"]`, in a parsed containerd config.
+pub fn toml_value<'a>(config: &'a toml::Table, path: &[&str]) -> Option<&'a toml::Value> {
+    let (last, tables) = path.split_last()?;
+    let mut table = config;
+    for key in tables {
+        table = table.get(*key)?.as_table()?;
+    }
+    table.get(*last)
+}

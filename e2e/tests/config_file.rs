@@ -96,12 +96,13 @@ fn dumped(containerd: &Path, config: &Path) -> Result<Table> {
     Ok(String::from_utf8(output.stdout)?.parse()?)
 }
 
-fn lookup<'a>(table: &'a Table, keys: &[&str], key: &str) -> Option<&'a Value> {
-    let mut table = table.get("plugins")?.as_table()?;
-    for k in keys {
-        table = table.get(*k)?.as_table()?;
-    }
-    table.get(key)
+/// `plugins.<table…>.<key>` in a dumped config.
+fn plugin_value<'a>(config: &'a Table, table: &[&str], key: &str) -> Option<&'a Value> {
+    let path: Vec<&str> = std::iter::once("plugins")
+        .chain(table.iter().copied())
+        .chain(std::iter::once(key))
+        .collect();
+    support::toml_value(config, &path)
 }
 
 async fn agrees_with_containerd(suite: Suite) -> Result<()> {
@@ -119,12 +120,13 @@ async fn agrees_with_containerd(suite: Suite) -> Result<()> {
         let reported = RuntimeVersion::parse(&build.reported_version()?)?;
         let ours = ConfigFile::load(&main, GlobBase::for_containerd(Some(&reported)))?;
         let theirs = dumped(&build.containerd_bin(), &main)?;
-        let their_path = lookup(&theirs, &registry_table(version), "config_path")
+        let their_path = plugin_value(&theirs, &registry_table(version), "config_path")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        let their_discard = lookup(&theirs, &discard_table(version), "discard_unpacked_layers")
-            .and_then(Value::as_bool)
-            .unwrap_or_default();
+        let their_discard =
+            plugin_value(&theirs, &discard_table(version), "discard_unpacked_layers")
+                .and_then(Value::as_bool)
+                .unwrap_or_default();
         assert_eq!(
             ours.registry_config_path(),
             their_path,

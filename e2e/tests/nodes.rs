@@ -69,7 +69,7 @@ async fn nodes_of_different_suites_run_side_by_side() -> Result<()> {
     }
     assert_eq!(old_node.registry_config_path(), None);
     let old_config = dumped_config(&old_node)?;
-    let old_path = lookup(&old_config, &cri_images_path(1, "registry.config_path"));
+    let old_path = support::toml_value(&old_config, &cri_images_path(1, "registry.config_path"));
     assert!(
         old_path.is_none_or(|path| path.as_str() == Some("")),
         "unset config_path reached bookworm's containerd as {old_path:?}"
@@ -77,7 +77,7 @@ async fn nodes_of_different_suites_run_side_by_side() -> Result<()> {
     assert_eq!(new_node.registry_config_path(), Some(custom));
     let new_config = dumped_config(&new_node)?;
     assert_eq!(
-        lookup(&new_config, &cri_images_path(2, "registry.config_path")),
+        support::toml_value(&new_config, &cri_images_path(2, "registry.config_path")),
         Some(&Value::from(custom))
     );
 
@@ -176,31 +176,31 @@ fn assert_config_reached_containerd(node: &ContainerdNode) -> Result<()> {
     let config = dumped_config(node)?;
     let socket = node.socket().to_str().context("socket path is UTF-8")?;
     assert_eq!(
-        lookup(&config, &["grpc", "address"]),
+        support::toml_value(&config, &["grpc", "address"]),
         Some(&Value::from(socket))
     );
     assert_eq!(
-        lookup(&config, &["ttrpc", "address"]),
+        support::toml_value(&config, &["ttrpc", "address"]),
         Some(&Value::from(format!("{socket}.ttrpc")))
     );
     assert_eq!(
-        lookup(
+        support::toml_value(
             &config,
             &["plugins", "io.containerd.grpc.v1.cri", "stream_server_port"]
         ),
         Some(&Value::from("0"))
     );
-    let disabled = lookup(&config, &["disabled_plugins"]).and_then(Value::as_array);
+    let disabled = support::toml_value(&config, &["disabled_plugins"]).and_then(Value::as_array);
     assert!(
         disabled.is_some_and(|names| names.contains(&Value::from("io.containerd.internal.v1.opt"))),
         "disabled_plugins did not reach containerd: {disabled:?}"
     );
     assert_eq!(
-        lookup(&config, &cri_images_path(major, "discard_unpacked_layers")),
+        support::toml_value(&config, &cri_images_path(major, "discard_unpacked_layers")),
         Some(&Value::from(true))
     );
 
-    let config_path = lookup(&config, &cri_images_path(major, "registry.config_path"));
+    let config_path = support::toml_value(&config, &cri_images_path(major, "registry.config_path"));
     let (release_major, release_minor) = major_minor(&node.build().reported_version()?)?;
     if (release_major, release_minor) < (1, 5) {
         // containerd before 1.5 has no hosts directory support and drops the key.
@@ -241,15 +241,6 @@ fn cri_images_path(major: u64, key: &str) -> Vec<&str> {
     };
     path.extend(key.split('.'));
     path
-}
-
-fn lookup<'a>(config: &'a Table, path: &[&str]) -> Option<&'a Value> {
-    let (last, tables) = path.split_last()?;
-    let mut table = config;
-    for key in tables {
-        table = table.get(*key)?.as_table()?;
-    }
-    table.get(*last)
 }
 
 /// After stop neither the daemon nor any process started with the node's paths may

@@ -161,33 +161,24 @@ mod tests {
         toml::from_str(&render(major, &settings).unwrap()).unwrap()
     }
 
-    fn lookup<'a>(config: &'a Table, path: &[&str]) -> Option<&'a Value> {
-        let (last, tables) = path.split_last()?;
-        let mut table = config;
-        for key in tables {
-            table = table.get(*key)?.as_table()?;
-        }
-        table.get(*last)
-    }
-
     #[test]
     fn v2_puts_cri_settings_under_the_grpc_plugin() {
         let config = rendered(1, Some("/certs"));
         let cri = "io.containerd.grpc.v1.cri";
         assert_eq!(config["version"].as_integer(), Some(2));
         assert_eq!(
-            lookup(&config, &["plugins", cri, "registry", "config_path"]),
+            crate::support::toml_value(&config, &["plugins", cri, "registry", "config_path"]),
             Some(&Value::from("/certs"))
         );
         assert_eq!(
-            lookup(
+            crate::support::toml_value(
                 &config,
                 &["plugins", cri, "containerd", "discard_unpacked_layers"]
             ),
             Some(&Value::from(true))
         );
         assert_eq!(
-            lookup(&config, &["ttrpc", "address"]),
+            crate::support::toml_value(&config, &["ttrpc", "address"]),
             Some(&Value::from("/w/containerd.sock.ttrpc"))
         );
     }
@@ -198,15 +189,15 @@ mod tests {
         let images = "io.containerd.cri.v1.images";
         assert_eq!(config["version"].as_integer(), Some(3));
         assert_eq!(
-            lookup(&config, &["plugins", images, "registry", "config_path"]),
+            crate::support::toml_value(&config, &["plugins", images, "registry", "config_path"]),
             Some(&Value::from("/certs"))
         );
         assert_eq!(
-            lookup(&config, &["plugins", images, "discard_unpacked_layers"]),
+            crate::support::toml_value(&config, &["plugins", images, "discard_unpacked_layers"]),
             Some(&Value::from(true))
         );
         assert_eq!(
-            lookup(
+            crate::support::toml_value(
                 &config,
                 &["plugins", "io.containerd.grpc.v1.cri", "stream_server_port"]
             ),
