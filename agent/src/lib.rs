@@ -11,6 +11,7 @@ pub mod oci;
 pub mod registry;
 pub mod runtime;
 pub mod serve;
+pub mod state;
 pub mod store;
 pub mod version;
 

@@ -27,6 +27,11 @@ struct RouteLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SourceLabels {
     source: &'static str,
 }
@@ -37,6 +42,7 @@ pub struct Metrics {
     response_bytes: Family<RouteLabels, Counter>,
     served_bytes: Family<SourceLabels, Counter>,
     pub in_flight: Gauge,
+    advertised: Family<KindLabels, Gauge>,
 }
 
 impl Metrics {
@@ -46,6 +52,7 @@ impl Metrics {
         let response_bytes = Family::<RouteLabels, Counter>::default();
         let served_bytes = Family::<SourceLabels, Counter>::default();
         let in_flight = Gauge::default();
+        let advertised = Family::<KindLabels, Gauge>::default();
         registry.register(
             "http_requests",
             "Registry requests by route, method and status",
@@ -66,12 +73,18 @@ impl Metrics {
             "Registry requests being answered now",
             in_flight.clone(),
         );
+        registry.register(
+            "advertised_keys",
+            "Keys this node advertises to its peers, by kind (digest or tag)",
+            advertised.clone(),
+        );
         Self {
             registry,
             requests,
             response_bytes,
             served_bytes,
             in_flight,
+            advertised,
         }
     }
 
@@ -94,6 +107,13 @@ impl Metrics {
                 .get_or_create(&SourceLabels { source: "local" })
                 .inc_by(bytes);
         }
+    }
+
+    /// What state sync advertises now.
+    pub fn set_advertised(&self, digests: usize, tags: usize) {
+        let gauge = |kind| self.advertised.get_or_create(&KindLabels { kind }).clone();
+        gauge("digest").set(i64::try_from(digests).unwrap_or(i64::MAX));
+        gauge("tag").set(i64::try_from(tags).unwrap_or(i64::MAX));
     }
 
     pub fn encode(&self) -> String {

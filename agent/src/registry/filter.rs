@@ -31,12 +31,7 @@ impl Filter {
                 format!("{registry}/{}@{digest}", target.name)
             }
         };
-        let refused = (!self.mirrored.is_empty() && !self.mirrored.contains(registry))
-            || self
-                .exclude
-                .iter()
-                .any(|filter| filter.is_match(&reference));
-        if refused {
+        if !self.allows(registry, &reference) {
             let error = format!("{reference} is not mirrored by this node");
             return Err(match target.kind {
                 Kind::Manifest(_) => RegistryError::ManifestUnknown(error),
@@ -44,5 +39,12 @@ impl Filter {
             });
         }
         Ok(())
+    }
+
+    /// Whether a full reference (`docker.io/library/nginx:1.27`) of
+    /// `registry` is served and advertised.
+    pub fn allows(&self, registry: &Registry, reference: &str) -> bool {
+        let mirrored = self.mirrored.is_empty() || self.mirrored.contains(registry);
+        mirrored && !self.exclude.iter().any(|filter| filter.is_match(reference))
     }
 }

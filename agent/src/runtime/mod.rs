@@ -3,6 +3,7 @@
 
 mod config_file;
 mod cri;
+mod events;
 
 pub use config_file::{
     ConfigFile, ConfigFileError, GlobBase, discard_table, registry_table, table_header,

@@ -38,6 +38,18 @@ pub async fn run(label: &str, store: &dyn ContentStore, expected: &Expected) {
         .unwrap_or_else(|e| panic!("{label}: resolving the tag: {e}"));
     assert_eq!(resolved, expected.root, "{label}: tag resolves to the root");
 
+    let images = store
+        .images()
+        .await
+        .unwrap_or_else(|e| panic!("{label}: listing images: {e}"));
+    let name = format!("{}/{}:{}", expected.registry, expected.name, expected.tag);
+    assert!(
+        images
+            .iter()
+            .any(|i| i.name == name && i.digest == expected.root),
+        "{label}: {name} is not among the images: {images:?}"
+    );
+
     let unknown_tag: Tag = "no-such-tag".parse().unwrap();
     assert!(
         matches!(

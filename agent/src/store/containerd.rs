@@ -19,7 +19,7 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 
 use super::media_types::{Descriptor, MediaTypes};
-use super::{BlobBody, ByteRange, ContentStore, Manifest, StoreError};
+use super::{BlobBody, ByteRange, ContentStore, Image, Manifest, StoreError};
 use crate::oci::{Digest, Name, Registry, Tag};
 use crate::runtime::Containerd;
 
@@ -141,16 +141,19 @@ impl ContainerdStore {
             .await;
     }
 
-    /// Walks every image: the fallback when a manifest was never seen
-    /// through `resolve`, e.g. a pull by digest.
-    async fn learn_all(&self) -> Result<(), StoreError> {
-        let images = ImagesClient::new(self.channel())
+    async fn list(&self) -> Result<Vec<containerd_client::services::v1::Image>, StoreError> {
+        Ok(ImagesClient::new(self.channel())
             .list(self.request(ListImagesRequest { filters: vec![] }))
             .await
             .map_err(|status| StoreError::backend("listing images", status))?
             .into_inner()
-            .images;
-        for image in images {
+            .images)
+    }
+
+    /// Walks every image: the fallback when a manifest was never seen
+    /// through `resolve`, e.g. a pull by digest.
+    async fn learn_all(&self) -> Result<(), StoreError> {
+        for image in self.list().await? {
             self.learn(image.target).await;
         }
         Ok(())
@@ -228,6 +231,22 @@ impl ContentStore for ContainerdStore {
             }),
             Err(_) => Ok(BlobBody::Stream(self.stream(digest, range).await?)),
         }
+    }
+
+    async fn images(&self) -> Result<Vec<Image>, StoreError> {
+        let mut images = Vec::new();
+        for image in self.list().await? {
+            // Learning here too means a manifest asked for by digest later
+            // is known without another walk over every image.
+            self.learn(image.target.clone()).await;
+            if let Some(digest) = image.target.and_then(|t| t.digest.parse().ok()) {
+                images.push(Image {
+                    name: image.name,
+                    digest,
+                });
+            }
+        }
+        Ok(images)
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

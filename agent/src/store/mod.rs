@@ -28,6 +28,13 @@ pub struct Manifest {
     pub media_type: String,
 }
 
+/// An image name and its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    pub name: String,
+    pub digest: Digest,
+}
+
 /// `len` bytes of a blob starting at `start`; the registry has already
 /// checked them against the blob's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +110,11 @@ pub trait ContentStore: Send + Sync + 'static {
 
     /// A range of a blob's bytes.
     async fn blob(&self, digest: &Digest, range: ByteRange) -> Result<BlobBody, StoreError>;
+
+    /// Every image the store knows, by name, with the digest it points at.
+    /// Names are as the runtime keeps them: `registry/repo:tag`, and for
+    /// containerd also `registry/repo@digest` and bare config digests.
+    async fn images(&self) -> Result<Vec<Image>, StoreError>;
 
     /// Whether the backend answers at all; drives `/readyz`.
     async fn ready(&self) -> Result<(), StoreError>;

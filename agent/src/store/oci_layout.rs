@@ -19,7 +19,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use super::media_types::{Descriptor, MediaTypes};
-use super::{BlobBody, ByteRange, ContentStore, Manifest, StoreError};
+use super::{BlobBody, ByteRange, ContentStore, Image, Manifest, StoreError};
 use crate::oci::{Digest, Name, Registry, Tag};
 
 const CONTAINERD_NAME: &str = "io.containerd.image.name";
@@ -191,6 +191,21 @@ impl ContentStore for OciLayoutStore {
             file: file.into_std().await,
             range,
         })
+    }
+
+    /// Only full references name an image here; a bare tag belongs to no
+    /// registry, so it cannot be advertised.
+    async fn images(&self) -> Result<Vec<Image>, StoreError> {
+        self.reload().await?;
+        let tags = self.tags.read().expect("tag map poisoned");
+        Ok(tags
+            .iter()
+            .filter(|(name, _)| !name.starts_with(':'))
+            .map(|(name, digest)| Image {
+                name: name.clone(),
+                digest: digest.clone(),
+            })
+            .collect())
     }
 
     async fn ready(&self) -> Result<(), StoreError> {

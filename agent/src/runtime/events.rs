@@ -1,0 +1,40 @@
+//! containerd's event stream, narrowed to what state sync reacts to: images
+//! and content coming and going in one namespace.
+
+use containerd_client::services::v1::{SubscribeRequest, events_client::EventsClient};
+use futures::{Stream, StreamExt};
+
+use super::{Containerd, RuntimeError};
+
+impl Containerd {
+    /// The topics (`/images/create`, `/content/delete`, …) of image and
+    /// content events in `namespace`, as they happen. The stream ends when
+    /// containerd goes away; callers resubscribe.
+    pub async fn image_and_content_events(
+        &self,
+        namespace: &str,
+    ) -> Result<impl Stream<Item = Result<String, RuntimeError>> + use<>, RuntimeError> {
+        // Filters in one string are ANDed; separate strings are ORed.
+        let filters = ["images", "content"]
+            .map(|kind| format!(r#"namespace=="{namespace}",topic~="^/{kind}/""#))
+            .to_vec();
+        let mut client = EventsClient::new(self.channel());
+        let stream = self
+            .call(
+                "Events Subscribe",
+                client.subscribe(SubscribeRequest { filters }),
+            )
+            .await?
+            .into_inner();
+        let socket = self.socket().to_owned();
+        Ok(stream.map(move |envelope| {
+            envelope
+                .map(|e| e.topic)
+                .map_err(|status| RuntimeError::Rpc {
+                    path: socket.clone(),
+                    rpc: "Events stream",
+                    status: Box::new(status),
+                })
+        }))
+    }
+}

@@ -1,0 +1,228 @@
+//! State sync, runtime → router: which keys this node advertises. A key is
+//! an image's tag (`docker.io/library/nginx:1.27`) or the digest of a piece
+//! of content it holds (index, manifest, config, layer).
+//!
+//! Rather than patch the advertised set event by event, every change
+//! triggers a full walk from the images, debounced, and the difference to
+//! what was advertised is advertised or withdrawn. A walk reads only
+//! manifests, so it is cheap even for hundreds of images, and it cannot
+//! drift: content that arrives before its image (containerd writes blobs
+//! before it creates the image record) is picked up by the walk that the
+//! image's own event triggers, and a missed event is repaired by the next
+//! walk or the periodic one.
+
+mod walk;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::{FutureExt, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::oci::Registry;
+use crate::registry::Filter;
+use crate::runtime::Containerd;
+use crate::store::{ContentStore, StoreError};
+
+/// The router seam: where advertised keys go. The libp2p router implements
+/// it; tests use a recorder.
+#[async_trait]
+pub trait Advertiser: Send + Sync {
+    async fn advertise(&self, keys: Vec<String>) -> anyhow::Result<()>;
+    async fn withdraw(&self, keys: Vec<String>) -> anyhow::Result<()>;
+}
+
+/// How often the whole set is walked even without events, to repair
+/// anything an event stream lost.
+const PERIODIC_RESYNC: Duration = Duration::from_secs(300);
+/// Events come in bursts (a pull writes many blobs, then the image); one
+/// walk after the burst is enough.
+const DEBOUNCE: Duration = Duration::from_millis(500);
+/// Backoff between attempts to resubscribe after containerd went away.
+const RESUBSCRIBE_BACKOFF: [Duration; 4] = [
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+];
+
+/// What one sync changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Changes {
+    pub advertised: usize,
+    pub withdrawn: usize,
+    pub digests: usize,
+    pub tags: usize,
+}
+
+pub struct StateSync {
+    store: Arc<dyn ContentStore>,
+    advertiser: Arc<dyn Advertiser>,
+    filter: Filter,
+    metrics: Arc<Metrics>,
+    advertised: BTreeSet<String>,
+}
+
+impl StateSync {
+    pub fn new(
+        store: Arc<dyn ContentStore>,
+        advertiser: Arc<dyn Advertiser>,
+        filter: Filter,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            store,
+            advertiser,
+            filter,
+            metrics,
+            advertised: BTreeSet::new(),
+        }
+    }
+
+    /// Walks every image and brings the advertised set in line with it.
+    pub async fn resync(&mut self) -> Result<Changes, StoreError> {
+        let mut tags = BTreeSet::new();
+        let mut digests = BTreeSet::new();
+        for image in self.store.images().await? {
+            let Some(registry) = image_registry(&image.name) else {
+                continue;
+            };
+            if !self.filter.allows(&registry, &image.name) {
+                continue;
+            }
+            if is_tag(&image.name) {
+                tags.insert(image.name.clone());
+            }
+            for digest in walk::present(self.store.as_ref(), &image.digest).await? {
+                digests.insert(digest.to_string());
+            }
+        }
+        let wanted: BTreeSet<String> = tags.iter().chain(digests.iter()).cloned().collect();
+        let new: Vec<String> = wanted.difference(&self.advertised).cloned().collect();
+        let gone: Vec<String> = self.advertised.difference(&wanted).cloned().collect();
+        let changes = Changes {
+            advertised: new.len(),
+            withdrawn: gone.len(),
+            digests: digests.len(),
+            tags: tags.len(),
+        };
+        if !gone.is_empty() {
+            self.advertiser
+                .withdraw(gone)
+                .await
+                .map_err(|e| StoreError::backend("withdrawing keys from the router", e))?;
+        }
+        if !new.is_empty() {
+            self.advertiser
+                .advertise(new)
+                .await
+                .map_err(|e| StoreError::backend("advertising keys to the router", e))?;
+        }
+        self.advertised = wanted;
+        self.metrics.set_advertised(changes.digests, changes.tags);
+        Ok(changes)
+    }
+
+    /// Keeps the advertised set in sync with containerd until `shutdown`:
+    /// a walk at start, after every burst of image or content events, every
+    /// few minutes, and after each reconnection when containerd restarts.
+    /// The agent never stops because containerd did.
+    pub async fn run(
+        mut self,
+        containerd: Containerd,
+        namespace: String,
+        shutdown: CancellationToken,
+    ) {
+        let mut failures = 0usize;
+        loop {
+            let events = match containerd.image_and_content_events(&namespace).await {
+                Ok(events) => {
+                    failures = 0;
+                    events
+                }
+                Err(error) => {
+                    let wait = RESUBSCRIBE_BACKOFF[failures.min(RESUBSCRIBE_BACKOFF.len() - 1)];
+                    failures += 1;
+                    tracing::warn!(%error, ?wait, "cannot subscribe to containerd events; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(wait) => continue,
+                    }
+                }
+            };
+            self.logged_resync("subscribed").await;
+            let mut events = std::pin::pin!(events);
+            let mut periodic = tokio::time::interval(PERIODIC_RESYNC);
+            periodic.tick().await;
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = periodic.tick() => self.logged_resync("periodic").await,
+                    event = events.next() => match event {
+                        Some(Ok(topic)) => {
+                            tracing::debug!(%topic, "containerd event");
+                            // Let the burst finish, take what it queued, walk once.
+                            tokio::time::sleep(DEBOUNCE).await;
+                            let mut ended = false;
+                            while let Some(next) = events.next().now_or_never() {
+                                if !matches!(next, Some(Ok(_))) {
+                                    ended = true;
+                                    break;
+                                }
+                            }
+                            self.logged_resync("events").await;
+                            if ended {
+                                tracing::warn!("containerd event stream ended; resubscribing");
+                                break;
+                            }
+                        }
+                        Some(Err(error)) => {
+                            tracing::warn!(%error, "containerd event stream failed; resubscribing");
+                            break;
+                        }
+                        None => {
+                            tracing::warn!("containerd closed the event stream; resubscribing");
+                            break;
+                        }
+                    },
+                }
+            }
+        }
+    }
+
+    async fn logged_resync(&mut self, reason: &str) {
+        match self.resync().await {
+            Ok(changes) => tracing::info!(
+                reason,
+                advertised = changes.advertised,
+                withdrawn = changes.withdrawn,
+                digests = changes.digests,
+                tags = changes.tags,
+                "state synced"
+            ),
+            Err(error) => tracing::warn!(reason, %error, "state sync failed; will retry"),
+        }
+    }
+}
+
+/// The registry of an image name, when it has one: `sha256:…` image IDs
+/// that CRI records as names have none.
+fn image_registry(name: &str) -> Option<Registry> {
+    let (host, _) = name.split_once('/')?;
+    host.parse().ok()
+}
+
+/// `registry/repo:tag`, as opposed to `registry/repo@digest`.
+fn is_tag(name: &str) -> bool {
+    !name.contains('@')
+        && name
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':'))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,103 @@
+//! State sync over a real OCI layout store, with a recording advertiser in
+//! place of the router (a test double: the router has its own tests).
+
+use std::sync::Mutex;
+
+use super::*;
+use crate::store::OciLayoutStore;
+use crate::store::conformance::write_layout;
+
+/// Records what would have gone to the router.
+#[derive(Default)]
+struct Recorder {
+    keys: Mutex<BTreeSet<String>>,
+}
+
+#[async_trait]
+impl Advertiser for Recorder {
+    async fn advertise(&self, keys: Vec<String>) -> anyhow::Result<()> {
+        self.keys.lock().unwrap().extend(keys);
+        Ok(())
+    }
+
+    async fn withdraw(&self, keys: Vec<String>) -> anyhow::Result<()> {
+        let mut advertised = self.keys.lock().unwrap();
+        for key in keys {
+            assert!(advertised.remove(&key), "withdrew {key}, never advertised");
+        }
+        Ok(())
+    }
+}
+
+async fn sync(
+    filter: Filter,
+) -> (
+    tempfile::TempDir,
+    Arc<Recorder>,
+    StateSync,
+    crate::store::conformance::Expected,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = write_layout(dir.path(), 9);
+    let store = Arc::new(OciLayoutStore::open(dir.path()).await.unwrap());
+    let recorder = Arc::new(Recorder::default());
+    let sync = StateSync::new(store, recorder.clone(), filter, Arc::new(Metrics::new()));
+    (dir, recorder, sync, expected)
+}
+
+#[tokio::test]
+async fn advertises_the_tag_and_every_digest_it_holds() {
+    let (_dir, recorder, mut sync, expected) = sync(Filter::default()).await;
+    let changes = sync.resync().await.unwrap();
+    let mut wanted: BTreeSet<String> = expected
+        .manifests
+        .iter()
+        .map(|(d, _)| d.to_string())
+        .chain(expected.blobs.iter().map(|(d, _)| d.to_string()))
+        .collect();
+    wanted.insert("example.com/team/app:v1".to_owned());
+    assert_eq!(*recorder.keys.lock().unwrap(), wanted);
+    assert_eq!(changes.tags, 1);
+    assert_eq!(changes.digests, wanted.len() - 1);
+    assert_eq!(
+        sync.resync().await.unwrap().advertised,
+        0,
+        "a second walk changes nothing"
+    );
+}
+
+#[tokio::test]
+async fn content_that_goes_away_is_withdrawn() {
+    let (dir, recorder, mut sync, expected) = sync(Filter::default()).await;
+    sync.resync().await.unwrap();
+    let (layer, _) = &expected.blobs[0];
+    std::fs::remove_file(dir.path().join("blobs/sha256").join(layer.hex())).unwrap();
+    let changes = sync.resync().await.unwrap();
+    assert_eq!(changes.withdrawn, 1);
+    assert!(!recorder.keys.lock().unwrap().contains(&layer.to_string()));
+}
+
+#[tokio::test]
+async fn filtered_images_are_not_advertised() {
+    let filter = Filter {
+        mirrored: vec!["docker.io".parse().unwrap()],
+        exclude: vec![],
+    };
+    let (_dir, recorder, mut sync, _) = sync(filter).await;
+    let changes = sync.resync().await.unwrap();
+    assert_eq!(changes, Changes::default());
+    assert!(recorder.keys.lock().unwrap().is_empty());
+}
+
+#[test]
+fn tags_are_told_from_digests_and_ids() {
+    assert!(is_tag("docker.io/library/nginx:1.27"));
+    assert!(is_tag("127.0.0.1:5000/app:v1"));
+    assert!(!is_tag("127.0.0.1:5000/app"));
+    assert!(!is_tag("docker.io/library/nginx@sha256:abc"));
+    assert_eq!(image_registry("sha256:abc"), None);
+    assert_eq!(
+        image_registry("127.0.0.1:5000/app:v1").unwrap().as_str(),
+        "127.0.0.1:5000"
+    );
+}
