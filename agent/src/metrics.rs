@@ -12,6 +12,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+
+use crate::registry::Source;
 use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -24,6 +27,12 @@ struct RequestLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MirrorLabels {
+    registry: String,
+    cache: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -43,6 +52,8 @@ pub struct Metrics {
     served_bytes: Family<SourceLabels, Counter>,
     pub in_flight: Gauge,
     advertised: Family<KindLabels, Gauge>,
+    mirror_requests: Family<MirrorLabels, Counter>,
+    resolve_duration: Histogram,
 }
 
 impl Metrics {
@@ -53,6 +64,11 @@ impl Metrics {
         let served_bytes = Family::<SourceLabels, Counter>::default();
         let in_flight = Gauge::default();
         let advertised = Family::<KindLabels, Gauge>::default();
+        let mirror_requests = Family::<MirrorLabels, Counter>::default();
+        // 0.5 ms to ~4 s: a lookup answered from cache up to one that timed out.
+        let resolve_duration = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 14),
+        );
         registry.register(
             "http_requests",
             "Registry requests by route, method and status",
@@ -78,6 +94,16 @@ impl Metrics {
             "Keys this node advertises to its peers, by kind (digest or tag)",
             advertised.clone(),
         );
+        registry.register(
+            "mirror_requests",
+            "Requests for content this node lacks, by registry and whether a peer had it",
+            mirror_requests.clone(),
+        );
+        registry.register(
+            "resolve_duration_seconds",
+            "Time to find the peers that provide a key",
+            resolve_duration.clone(),
+        );
         Self {
             registry,
             requests,
@@ -85,12 +111,21 @@ impl Metrics {
             served_bytes,
             in_flight,
             advertised,
+            mirror_requests,
+            resolve_duration,
         }
     }
 
-    /// One answered request. Manifest and blob bytes from this node's
-    /// store count as served from `local`.
-    pub fn record(&self, route: &'static str, method: &Method, status: u16, bytes: u64) {
+    /// One answered request. Manifest and blob bytes count as served from
+    /// their source: this node's store, or a peer.
+    pub fn record(
+        &self,
+        route: &'static str,
+        method: &Method,
+        status: u16,
+        bytes: u64,
+        source: Option<Source>,
+    ) {
         self.requests
             .get_or_create(&RequestLabels {
                 route,
@@ -101,12 +136,28 @@ impl Metrics {
         self.response_bytes
             .get_or_create(&RouteLabels { route })
             .inc_by(bytes);
-        let success = (200..300).contains(&status);
-        if success && matches!(route, "manifest" | "blob") {
+        if let Some(source) = source.filter(|_| (200..300).contains(&status)) {
             self.served_bytes
-                .get_or_create(&SourceLabels { source: "local" })
+                .get_or_create(&SourceLabels {
+                    source: source.label(),
+                })
                 .inc_by(bytes);
         }
+    }
+
+    /// One request for content this node lacks; `hit` when a peer had it.
+    pub fn mirror_request(&self, registry: &str, hit: bool) {
+        let cache = if hit { "hit" } else { "miss" };
+        self.mirror_requests
+            .get_or_create(&MirrorLabels {
+                registry: registry.to_owned(),
+                cache,
+            })
+            .inc();
+    }
+
+    pub fn observe_resolve(&self, duration: std::time::Duration) {
+        self.resolve_duration.observe(duration.as_secs_f64());
     }
 
     /// What state sync advertises now.

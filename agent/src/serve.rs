@@ -39,7 +39,11 @@ pub async fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let metrics = Arc::new(Metrics::new());
-    let app = registry::router(Arc::new(AppState { store, filter }));
+    let app = registry::router(Arc::new(AppState {
+        store,
+        filter,
+        mirror: None,
+    }));
     tracing::info!(
         registry = %registry_listener.local_addr()?,
         metrics = %metrics_listener.local_addr()?,

@@ -5,12 +5,14 @@
 
 mod error;
 mod filter;
+mod mirror;
 mod range;
 pub mod server;
 mod target;
 
 pub use error::RegistryError;
 pub use filter::Filter;
+pub use mirror::{FORWARDED_HEADER, Mirror, MirrorConfig, ProviderLookup, Source};
 pub use server::SendFile;
 
 use std::sync::Arc;
@@ -38,6 +40,9 @@ pub struct Route(pub &'static str);
 pub struct AppState {
     pub store: Arc<dyn ContentStore>,
     pub filter: Filter,
+    /// Peers to ask for what this node does not hold; `None` serves local
+    /// content only.
+    pub mirror: Option<Mirror>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -97,11 +102,29 @@ async fn dispatch(
         let target = Target::parse(path, uri.query())?;
         state.filter.check(&target)?;
         let head = method == Method::HEAD;
-        match target.kind {
+        let local = match &target.kind {
             Kind::Manifest(reference) => {
-                manifest(&state, &target.registry, &target.name, reference, head).await
+                manifest(
+                    &state,
+                    &target.registry,
+                    &target.name,
+                    reference.clone(),
+                    head,
+                )
+                .await
             }
-            Kind::Blob(digest) => blob(&state, &digest, &headers, head).await,
+            Kind::Blob(digest) => blob(&state, digest, &headers, head).await,
+        };
+        let forwarded = headers.contains_key(FORWARDED_HEADER);
+        match (local, &state.mirror) {
+            (
+                Err(miss @ (RegistryError::ManifestUnknown(_) | RegistryError::BlobUnknown(_))),
+                Some(mirror),
+            ) if !forwarded => mirror.forward(&target, &method, &headers, miss).await,
+            (local, _) => local.map(|mut response| {
+                response.extensions_mut().insert(Source::Local);
+                response
+            }),
         }
     }
     .await;

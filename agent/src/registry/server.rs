@@ -29,7 +29,7 @@ use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::Route;
+use super::{Route, Source};
 use crate::metrics::Metrics;
 use crate::store::ByteRange;
 
@@ -167,8 +167,8 @@ impl Connection {
             self.metrics.in_flight.inc();
             let result = self.respond(request, keep_alive).await;
             self.metrics.in_flight.dec();
-            let (route, status, bytes) = result?;
-            self.metrics.record(route, &method, status, bytes);
+            let (route, status, bytes, source) = result?;
+            self.metrics.record(route, &method, status, bytes, source);
             if !keep_alive {
                 return self.stream.shutdown().await;
             }
@@ -222,7 +222,7 @@ impl Connection {
         &mut self,
         request: Request<Body>,
         keep_alive: bool,
-    ) -> io::Result<(&'static str, u16, u64)> {
+    ) -> io::Result<(&'static str, u16, u64, Option<Source>)> {
         let head_only = request.method() == Method::HEAD;
         let response: Response<Body> = match self.app.clone().oneshot(request).await {
             Ok(response) => response,
@@ -230,6 +230,7 @@ impl Connection {
         };
         let (mut parts, body) = response.into_parts();
         let route = parts.extensions.get::<Route>().map_or("other", |r| r.0);
+        let source = parts.extensions.get::<Source>().copied();
         let status = parts.status.as_u16();
         let send_file = parts.extensions.remove::<SendFile>();
         if !keep_alive {
@@ -255,7 +256,7 @@ impl Connection {
             self.stream.write_all(&bytes).await?;
             bytes.len() as u64
         };
-        Ok((route, status, sent))
+        Ok((route, status, sent, source))
     }
 
     async fn write_head(
@@ -339,8 +340,13 @@ impl Connection {
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         self.write_head(status, &headers).await?;
         self.stream.write_all(body.as_bytes()).await?;
-        self.metrics
-            .record("other", &Method::GET, status.as_u16(), body.len() as u64);
+        self.metrics.record(
+            "other",
+            &Method::GET,
+            status.as_u16(),
+            body.len() as u64,
+            None,
+        );
         self.stream.shutdown().await
     }
 }

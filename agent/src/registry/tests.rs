@@ -25,6 +25,7 @@ async fn fixture(filter: Filter) -> Fixture {
     let app = router(Arc::new(AppState {
         store: Arc::new(store),
         filter,
+        mirror: None,
     }));
     Fixture {
         app,
@@ -577,5 +578,188 @@ mod socket {
             let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
             assert!(body["errors"][0]["code"].is_string(), "{shown:?}");
         }
+    }
+}
+
+/// The mirror path between real servers on loopback: B holds nothing and
+/// asks A, found through a fixed list of providers (a test double for the
+/// router, which has its own tests).
+mod peers {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::metrics::Metrics;
+
+    struct FixedProviders(Vec<SocketAddr>);
+
+    #[async_trait::async_trait]
+    impl ProviderLookup for FixedProviders {
+        async fn providers(&self, _: &str, limit: usize, _: Duration) -> Vec<SocketAddr> {
+            self.0.iter().copied().take(limit).collect()
+        }
+    }
+
+    async fn serve(app: Router, metrics: Arc<Metrics>, stop: &CancellationToken) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(server::serve(listener, app, metrics, stop.clone()));
+        addr
+    }
+
+    /// A node with nothing in its store, mirroring through `providers`.
+    async fn empty_node(
+        providers: Vec<SocketAddr>,
+        metrics: Arc<Metrics>,
+    ) -> (Router, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("index.json"),
+            r#"{"schemaVersion":2,"manifests":[]}"#,
+        )
+        .unwrap();
+        let store = OciLayoutStore::open(dir.path()).await.unwrap();
+        let mirror = Mirror::new(
+            Arc::new(FixedProviders(providers)),
+            MirrorConfig {
+                resolve_timeout: Duration::from_millis(20),
+                retries: 3,
+                resolve_tags: true,
+            },
+            Arc::clone(&metrics),
+        );
+        let app = router(Arc::new(AppState {
+            store: Arc::new(store),
+            filter: Filter::default(),
+            mirror: Some(mirror),
+        }));
+        (app, dir)
+    }
+
+    /// A peer that dies mid-body: the head promises `size` bytes, half come.
+    async fn dying_peer(size: u64) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buffer = [0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buffer).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {size}\r\ncontent-type: application/octet-stream\r\n\r\n"
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(&vec![b'x'; (size / 2) as usize]).await;
+                // Dropping the stream cuts the body short.
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_node_serves_what_only_its_peer_holds() {
+        let stop = CancellationToken::new();
+        let a = fixture(Filter::default()).await;
+        let a_addr = serve(a.app.clone(), Arc::new(Metrics::new()), &stop).await;
+        let metrics = Arc::new(Metrics::new());
+        let (b, _dir) = empty_node(vec![a_addr], Arc::clone(&metrics)).await;
+        let e = &a.expected;
+
+        let (digest, size) = &e.blobs[0];
+        let blob = both(&b, &format!("/v2/{}/blobs/{digest}", e.name), None).await;
+        assert_eq!(blob.status, StatusCode::OK);
+        assert_eq!(blob.body.len() as u64, *size);
+        assert_eq!(Digest::sha256_of(&blob.body), *digest);
+
+        let part = both(
+            &b,
+            &format!("/v2/{}/blobs/{digest}", e.name),
+            Some("bytes=5-9"),
+        )
+        .await;
+        assert_eq!(part.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(part.body, blob.body[5..10]);
+
+        let by_tag = format!("/v2/{}/manifests/{}?ns={}", e.name, e.tag, e.registry);
+        let manifest = both(&b, &by_tag, None).await;
+        assert_eq!(manifest.status, StatusCode::OK);
+        assert_eq!(header(&manifest, "content-type"), media_type::OCI_INDEX);
+        assert_eq!(
+            header(&manifest, "docker-content-digest"),
+            e.root.to_string()
+        );
+        let text = metrics.encode();
+        assert!(text.contains(r#"cache="hit""#), "{text}");
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn no_provider_means_404_at_once_and_forwarded_requests_stay_local() {
+        let stop = CancellationToken::new();
+        let a = fixture(Filter::default()).await;
+        let a_addr = serve(a.app.clone(), Arc::new(Metrics::new()), &stop).await;
+        let (nobody, _d1) = empty_node(vec![], Arc::new(Metrics::new())).await;
+        let (digest, _) = &a.expected.blobs[0];
+        let uri = format!("/v2/team/app/blobs/{digest}");
+        let answer = both(&nobody, &uri, None).await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND);
+        assert_eq!(code(&answer), "BLOB_UNKNOWN");
+
+        let (b, _d2) = empty_node(vec![a_addr], Arc::new(Metrics::new())).await;
+        let request = Request::get(&uri)
+            .header(FORWARDED_HEADER, "1")
+            .body(Body::empty())
+            .unwrap();
+        let response = b.clone().oneshot(request).await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::NOT_FOUND,
+            "a forwarded request is never forwarded again"
+        );
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_dead_provider_is_skipped_and_a_failing_body_is_resumed() {
+        let stop = CancellationToken::new();
+        let a = fixture(Filter::default()).await;
+        let a_addr = serve(a.app.clone(), Arc::new(Metrics::new()), &stop).await;
+        let (digest, size) = a.expected.blobs[0].clone();
+        let closed = {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            listener.local_addr().unwrap()
+        };
+        let dying = dying_peer(size).await;
+        let (b, _dir) = empty_node(vec![closed, dying, a_addr], Arc::new(Metrics::new())).await;
+        let answer = call(
+            &b,
+            Method::GET,
+            &format!("/v2/team/app/blobs/{digest}"),
+            None,
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body.len() as u64, size);
+        // The dying peer sent 'x's: the first half is theirs, so the digest
+        // would not match had the resume not been at the right offset.
+        let half = (size / 2) as usize;
+        assert!(answer.body[..half].iter().all(|b| *b == b'x'));
+        let whole = call(
+            &a.app,
+            Method::GET,
+            &format!("/v2/team/app/blobs/{digest}"),
+            None,
+        )
+        .await;
+        assert_eq!(answer.body[half..], whole.body[half..]);
+        stop.cancel();
     }
 }

@@ -1,0 +1,362 @@
+//! The mirror path: what this node does not hold, a peer may. The router
+//! names the peers that advertise a key; the request is forwarded to one of
+//! them, marked so that it is never forwarded again, and the body streams
+//! through without being buffered.
+//!
+//! Failure handling is what keeps a pull from hanging or breaking:
+//! - no provider within `--mirror-resolve-timeout`: 404 at once, so
+//!   containerd moves on to the next mirror or the upstream;
+//! - a peer that fails before its response head: the next provider, up to
+//!   `--mirror-resolve-retries`;
+//! - a peer that fails in the middle of a body: the rest is fetched from
+//!   the next provider with a `Range` request at the same offset, so the
+//!   client sees one intact response.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::error::RegistryError;
+use super::target::{Kind, Target};
+use crate::metrics::Metrics;
+use crate::oci::Reference;
+
+/// Marks a request one agent forwarded to another. A request carrying it
+/// is answered from local content only, so two nodes can never bounce a
+/// request between them.
+pub const FORWARDED_HEADER: &str = "x-reflektor-forwarded";
+
+/// How long a peer may take to send its response head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a body may stall before the peer counts as failed.
+const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The router, as the mirror sees it: who provides a key.
+#[async_trait]
+pub trait ProviderLookup: Send + Sync {
+    /// Registry addresses of up to `limit` peers that advertise `key`,
+    /// waiting at most `timeout` for the first.
+    async fn providers(&self, key: &str, limit: usize, timeout: Duration) -> Vec<SocketAddr>;
+}
+
+pub struct MirrorConfig {
+    pub resolve_timeout: Duration,
+    /// How many providers are tried for one request, the first included.
+    pub retries: usize,
+    /// Whether tags are resolved through peers; without it, only digests
+    /// are, which is what containerd asks for after resolving a tag upstream.
+    pub resolve_tags: bool,
+}
+
+pub struct Mirror {
+    lookup: Arc<dyn ProviderLookup>,
+    client: Client<HttpConnector, Empty<Bytes>>,
+    config: MirrorConfig,
+    metrics: Arc<Metrics>,
+}
+
+/// The headers a peer's answer may pass on to the client.
+const PASSED_HEADERS: [header::HeaderName; 5] = [
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::CONTENT_RANGE,
+    header::ACCEPT_RANGES,
+    header::HeaderName::from_static("docker-content-digest"),
+];
+
+impl Mirror {
+    pub fn new(
+        lookup: Arc<dyn ProviderLookup>,
+        config: MirrorConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(HEAD_TIMEOUT));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Self {
+            lookup,
+            client,
+            config,
+            metrics,
+        }
+    }
+
+    /// Answers from a peer, or returns `miss`, the local answer, when no
+    /// peer can.
+    pub async fn forward(
+        &self,
+        target: &Target,
+        method: &Method,
+        headers: &HeaderMap,
+        miss: RegistryError,
+    ) -> Result<Response<Body>, RegistryError> {
+        let Some(key) = self.key(target) else {
+            return Err(miss);
+        };
+        let registry = target
+            .registry
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), ToString::to_string);
+        let started = Instant::now();
+        let providers = self
+            .lookup
+            .providers(&key, self.config.retries, self.config.resolve_timeout)
+            .await;
+        self.metrics.observe_resolve(started.elapsed());
+        let mut providers: VecDeque<SocketAddr> = providers.into();
+        if providers.is_empty() {
+            self.metrics.mirror_request(&registry, false);
+            return Err(miss);
+        }
+        let path = peer_path(target);
+        let range = headers.get(header::RANGE).cloned();
+        let accept = headers.get(header::ACCEPT).cloned();
+        while let Some(peer) = providers.pop_front() {
+            let request = PeerRequest {
+                peer,
+                method: method.clone(),
+                path: path.clone(),
+                range: range.clone(),
+                accept: accept.clone(),
+            };
+            let response = match self.send(&request).await {
+                Ok(response) if response.status().is_success() => response,
+                Ok(response) => {
+                    tracing::debug!(%peer, status = %response.status(), %key, "peer refused");
+                    continue;
+                }
+                Err(error) => {
+                    tracing::debug!(%peer, %error, %key, "peer failed");
+                    continue;
+                }
+            };
+            self.metrics.mirror_request(&registry, true);
+            return Ok(self.relay(request, response, providers));
+        }
+        self.metrics.mirror_request(&registry, false);
+        Err(miss)
+    }
+
+    /// The router key for a target: a digest, or with `--resolve-tags` a
+    /// full tag reference.
+    fn key(&self, target: &Target) -> Option<String> {
+        match &target.kind {
+            Kind::Manifest(Reference::Digest(digest)) | Kind::Blob(digest) => {
+                Some(digest.to_string())
+            }
+            Kind::Manifest(Reference::Tag(tag)) if self.config.resolve_tags => {
+                let registry = target.registry.as_ref()?;
+                Some(format!("{registry}/{}:{tag}", target.name))
+            }
+            Kind::Manifest(Reference::Tag(_)) => None,
+        }
+    }
+
+    async fn send(&self, request: &PeerRequest) -> io::Result<Response<Incoming>> {
+        let mut builder = Request::builder()
+            .method(request.method.clone())
+            .uri(format!("http://{}{}", request.peer, request.path))
+            .header(FORWARDED_HEADER, "1");
+        if let Some(range) = &request.range {
+            builder = builder.header(header::RANGE, range);
+        }
+        if let Some(accept) = &request.accept {
+            builder = builder.header(header::ACCEPT, accept);
+        }
+        let outgoing = builder.body(Empty::new()).map_err(io::Error::other)?;
+        tokio::time::timeout(HEAD_TIMEOUT, self.client.request(outgoing))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no response head in time"))?
+            .map_err(io::Error::other)
+    }
+
+    /// Passes a peer's answer on, its body wrapped so that a failure midway
+    /// resumes from the next provider.
+    fn relay(
+        &self,
+        request: PeerRequest,
+        response: Response<Incoming>,
+        spare: VecDeque<SocketAddr>,
+    ) -> Response<Body> {
+        let (parts, body) = response.into_parts();
+        let mut relayed = Response::builder().status(parts.status);
+        for name in PASSED_HEADERS {
+            if let Some(value) = parts.headers.get(&name) {
+                relayed = relayed.header(name, value);
+            }
+        }
+        let body = if request.method == Method::HEAD {
+            Body::empty()
+        } else {
+            let length = parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let first = first_byte(&parts.status, &parts.headers);
+            let resume = Resume {
+                client: self.client.clone(),
+                request,
+                spare,
+                body,
+                first,
+                length,
+                delivered: 0,
+            };
+            Body::from_stream(resume.into_stream())
+        };
+        let mut response = relayed.body(body).expect("valid response parts");
+        response.extensions_mut().insert(Source::Peer);
+        response
+    }
+}
+
+/// Where a response's bytes came from, for the served-bytes metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Local,
+    Peer,
+}
+
+impl Source {
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Local => "local",
+            Source::Peer => "peer",
+        }
+    }
+}
+
+/// One request to one peer; kept to repeat it at an offset against another.
+#[derive(Clone)]
+struct PeerRequest {
+    peer: SocketAddr,
+    method: Method,
+    path: String,
+    range: Option<HeaderValue>,
+    accept: Option<HeaderValue>,
+}
+
+fn peer_path(target: &Target) -> String {
+    let (kind, reference) = match &target.kind {
+        Kind::Manifest(reference) => ("manifests", reference.to_string()),
+        Kind::Blob(digest) => ("blobs", digest.to_string()),
+    };
+    let mut path = format!("/v2/{}/{kind}/{reference}", target.name);
+    if let Some(registry) = &target.registry {
+        path.push_str("?ns=");
+        path.extend(form_urlencoded::byte_serialize(
+            registry.as_str().as_bytes(),
+        ));
+    }
+    path
+}
+
+/// The offset of the first byte of a body: 0, or the start of a 206 range.
+fn first_byte(status: &StatusCode, headers: &HeaderMap) -> u64 {
+    if *status != StatusCode::PARTIAL_CONTENT {
+        return 0;
+    }
+    headers
+        .get(header::CONTENT_RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("bytes "))
+        .and_then(|v| v.split('-').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A body that survives its peer: on an error or a stall it asks the next
+/// provider for the rest, from the byte it stopped at.
+struct Resume {
+    client: Client<HttpConnector, Empty<Bytes>>,
+    request: PeerRequest,
+    spare: VecDeque<SocketAddr>,
+    body: Incoming,
+    /// Offset in the blob of the body's first byte.
+    first: u64,
+    /// The body's length, when the peer said; resuming needs it.
+    length: Option<u64>,
+    delivered: u64,
+}
+
+impl Resume {
+    fn into_stream(self) -> impl futures::Stream<Item = io::Result<Bytes>> + Send + 'static {
+        futures::stream::unfold(Some(self), |state| async move {
+            let mut state = state?;
+            loop {
+                match tokio::time::timeout(STALL_TIMEOUT, state.body.frame()).await {
+                    Ok(Some(Ok(frame))) => {
+                        if let Ok(data) = frame.into_data() {
+                            state.delivered += data.len() as u64;
+                            return Some((Ok(data), Some(state)));
+                        }
+                    }
+                    Ok(None) if state.length.is_none_or(|l| state.delivered >= l) => {
+                        return None;
+                    }
+                    failure => {
+                        let error = match failure {
+                            Ok(Some(Err(error))) => error.to_string(),
+                            Ok(None) => "the peer closed the body early".to_owned(),
+                            _ => "the peer stalled".to_owned(),
+                        };
+                        tracing::warn!(peer = %state.request.peer, %error, delivered = state.delivered, "resuming from another provider");
+                        if let Err(error) = state.resume().await {
+                            return Some((Err(error), None));
+                        }
+                    }
+                }
+            }
+        })
+    }
+
+    /// Asks the spare providers, in turn, for the rest of the body.
+    async fn resume(&mut self) -> io::Result<()> {
+        let Some(length) = self.length else {
+            return Err(io::Error::other("cannot resume a body of unknown length"));
+        };
+        let from = self.first + self.delivered;
+        let to = self.first + length - 1;
+        while let Some(peer) = self.spare.pop_front() {
+            let mut request = self.request.clone();
+            request.peer = peer;
+            request.range =
+                Some(HeaderValue::from_str(&format!("bytes={from}-{to}")).expect("an ASCII range"));
+            let outgoing = Request::builder()
+                .method(Method::GET)
+                .uri(format!("http://{peer}{}", request.path))
+                .header(FORWARDED_HEADER, "1")
+                .header(header::RANGE, request.range.clone().expect("just set"))
+                .body(Empty::new())
+                .map_err(io::Error::other)?;
+            let response = match tokio::time::timeout(HEAD_TIMEOUT, self.client.request(outgoing))
+                .await
+            {
+                Ok(Ok(response)) if response.status() == StatusCode::PARTIAL_CONTENT => response,
+                _ => continue,
+            };
+            if first_byte(&response.status(), response.headers()) != from {
+                continue;
+            }
+            self.request = request;
+            self.body = response.into_body();
+            return Ok(());
+        }
+        Err(io::Error::other(format!(
+            "every provider failed before byte {from} of the body"
+        )))
+    }
+}
