@@ -86,7 +86,7 @@ pub enum Command {
     /// directory with --oci-layout. Before serving it runs doctor's checks:
     /// a containerd older than 1.5 or a failed configuration check stops it
     /// with the fix; an unknown version is a warning.
-    Registry(RegistryArgs),
+    Registry(Box<RegistryArgs>),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -206,6 +206,90 @@ pub struct RegistryArgs {
     /// that matches one is not served.
     #[arg(long, env = "REGISTRY_FILTERS", value_delimiter = ',')]
     pub registry_filters: Vec<String>,
+
+    #[command(flatten)]
+    pub peers: PeerArgs,
+}
+
+/// Peer-to-peer routing: how nodes find each other and which has what.
+/// Without --bootstrap-kind the node serves only its own content.
+#[derive(Debug, Args)]
+pub struct PeerArgs {
+    /// How to find the first peers: static (--static-bootstrap-peers), dns
+    /// (--dns-bootstrap-domain) or http (--http-bootstrap-url).
+    #[arg(long, env = "BOOTSTRAP_KIND", value_enum)]
+    pub bootstrap_kind: Option<BootstrapKind>,
+
+    /// Address the libp2p router listens on; ":5001" means every interface.
+    #[arg(long, env = "ROUTER_ADDR", default_value = ":5001")]
+    pub router_addr: String,
+
+    /// Where the node keeps its identity key, so a restarted agent keeps its
+    /// peer id.
+    #[arg(long, env = "DATA_DIR", default_value = "/var/lib/reflektor")]
+    pub data_dir: PathBuf,
+
+    /// A libp2p pre-shared key file (/key/swarm/psk/1.0.0/): only nodes with
+    /// the same key can join.
+    #[arg(long, env = "ROUTER_PSK_FILE", value_name = "FILE")]
+    pub router_psk_file: Option<PathBuf>,
+
+    /// Multiaddrs of peers, e.g. /ip4/10.0.0.5/tcp/5001 (a /p2p/<id> suffix
+    /// is optional).
+    #[arg(long, env = "STATIC_BOOTSTRAP_PEERS", value_delimiter = ',')]
+    pub static_bootstrap_peers: Vec<String>,
+
+    /// A name whose A/AAAA records are the peers, e.g. a headless Service;
+    /// the port is --router-addr's.
+    #[arg(long, env = "DNS_BOOTSTRAP_DOMAIN")]
+    pub dns_bootstrap_domain: Option<String>,
+
+    /// Serve this node's addresses at http://ADDR/id for other nodes'
+    /// --http-bootstrap-url.
+    #[arg(long, env = "HTTP_BOOTSTRAP_ADDR")]
+    pub http_bootstrap_addr: Option<String>,
+
+    /// Another node's /id endpoint, e.g. http://10.0.0.5:5002/id.
+    #[arg(long, env = "HTTP_BOOTSTRAP_URL")]
+    pub http_bootstrap_url: Option<String>,
+
+    /// How long to wait for the first peer that has a key before answering
+    /// 404, so containerd falls back to the next mirror or the upstream.
+    #[arg(long, env = "MIRROR_RESOLVE_TIMEOUT", default_value = "20ms", value_parser = parse_duration)]
+    pub mirror_resolve_timeout: std::time::Duration,
+
+    /// How many peers to try for one request.
+    #[arg(long, env = "MIRROR_RESOLVE_RETRIES", default_value_t = 3)]
+    pub mirror_resolve_retries: usize,
+
+    /// Resolve tags through peers as well as digests.
+    #[arg(long, env = "RESOLVE_TAGS", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub resolve_tags: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BootstrapKind {
+    Static,
+    Dns,
+    Http,
+}
+
+/// Go-style durations as Spegel takes them: 20ms, 1s, 1.5s, 2m.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("{text:?} has no unit; expected e.g. 20ms, 1s or 2m"))?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration; expected e.g. 20ms, 1s or 2m"))?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "s" => number,
+        "m" => number * 60.0,
+        _ => return Err(format!("{text:?} has unit {unit:?}; expected ms, s or m")),
+    };
+    std::time::Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
 #[derive(Debug, Args)]

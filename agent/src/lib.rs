@@ -3,12 +3,14 @@
 //! The library holds every concern of the agent, one module each; the
 //! `reflektor` binary only wires them together.
 
+pub mod bootstrap;
 pub mod cli;
 pub mod doctor;
 pub mod metrics;
 pub mod mirror_config;
 pub mod oci;
 pub mod registry;
+pub mod routing;
 pub mod runtime;
 pub mod serve;
 pub mod state;

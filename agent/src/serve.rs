@@ -10,39 +10,87 @@ use regex::Regex;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{ContainerdArgs, RegistryArgs};
+use crate::bootstrap::{self, Bootstrapper, DnsPeers, HttpPeers, StaticPeers, SystemResolver};
+use crate::cli::{BootstrapKind, ContainerdArgs, PeerArgs, RegistryArgs};
 use crate::doctor::{self, Status};
 use crate::metrics::{self, Metrics};
 use crate::oci::Registry;
-use crate::registry::{self, AppState, Filter};
+use crate::registry::{self, AppState, Filter, Mirror, MirrorConfig};
+use crate::routing::{Multiaddr, Router, RouterConfig, read_psk};
 use crate::runtime::Containerd;
+use crate::state::StateSync;
 use crate::store::{ContainerdStore, ContentStore, OciLayoutStore};
 
 pub async fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
     let filter = filter(args)?;
     let registry_listener = bind(&args.registry_addr, "--registry-addr").await?;
     let metrics_listener = bind(&args.metrics_addr, "--metrics-addr").await?;
-    let store: Arc<dyn ContentStore> = match &args.oci_layout {
-        Some(dir) => Arc::new(
-            OciLayoutStore::open(dir)
+    let (store, containerd): (Arc<dyn ContentStore>, _) = match &args.oci_layout {
+        Some(dir) => {
+            let store = OciLayoutStore::open(dir)
                 .await
-                .with_context(|| format!("--oci-layout {}", dir.display()))?,
-        ),
+                .with_context(|| format!("--oci-layout {}", dir.display()))?;
+            (Arc::new(store), None)
+        }
         None => {
             preflight(&args.containerd).await?;
             let containerd = Containerd::connect(&args.containerd.containerd_sock).await?;
-            Arc::new(ContainerdStore::new(
-                containerd,
+            let store = ContainerdStore::new(
+                containerd.clone(),
                 &args.containerd_namespace,
                 &args.containerd_content_path,
-            )?)
+            )?;
+            (Arc::new(store), Some(containerd))
         }
     };
     let metrics = Arc::new(Metrics::new());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+
+    let registry_port = registry_listener.local_addr()?.port();
+    let router = match args.peers.bootstrap_kind {
+        None => {
+            tracing::info!("no --bootstrap-kind: serving this node's content only");
+            None
+        }
+        Some(kind) => Some(start_peers(&args.peers, kind, registry_port, &shutdown).await?),
+    };
+    if let Some(router) = &router {
+        let sync = StateSync::new(
+            Arc::clone(&store),
+            Arc::new(router.clone()),
+            filter.clone(),
+            Arc::clone(&metrics),
+        );
+        match containerd {
+            Some(containerd) => {
+                let namespace = args.containerd_namespace.clone();
+                tokio::spawn(sync.run(containerd, namespace, shutdown.clone()));
+            }
+            None => {
+                tokio::spawn(sync.run_without_events(shutdown.clone()));
+            }
+        }
+    }
+    let mirror = router.as_ref().map(|router| {
+        Mirror::new(
+            Arc::new(router.clone()),
+            MirrorConfig {
+                resolve_timeout: args.peers.mirror_resolve_timeout,
+                retries: args.peers.mirror_resolve_retries.max(1),
+                resolve_tags: args.peers.resolve_tags,
+            },
+            Arc::clone(&metrics),
+        )
+    });
+    let peers = router
+        .clone()
+        .map(|router| Arc::new(router) as Arc<dyn registry::Readiness>);
     let app = registry::router(Arc::new(AppState {
         store,
         filter,
-        mirror: None,
+        mirror,
+        peers,
     }));
     tracing::info!(
         registry = %registry_listener.local_addr()?,
@@ -50,18 +98,114 @@ pub async fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
         "serving"
     );
 
-    let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
     let metrics_server = axum::serve(metrics_listener, metrics::router(Arc::clone(&metrics)))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let (registry_result, metrics_result) = tokio::join!(
         registry::server::serve(registry_listener, app, metrics, shutdown.clone()),
         metrics_server
     );
+    if let Some(router) = router {
+        router.shutdown().await;
+    }
     registry_result.context("registry listener failed")?;
     metrics_result.context("metrics listener failed")?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the router, the bootstrap loop and, if asked, the `/id`
+/// endpoint for other nodes' HTTP bootstrap.
+async fn start_peers(
+    args: &PeerArgs,
+    kind: BootstrapKind,
+    registry_port: u16,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Router> {
+    let bootstrapper: Arc<dyn Bootstrapper> = match kind {
+        BootstrapKind::Static => {
+            let peers = args
+                .static_bootstrap_peers
+                .iter()
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    p.parse::<Multiaddr>().with_context(|| {
+                        format!(
+                            "--static-bootstrap-peers {p:?}: expected a multiaddr such as \
+                             /ip4/10.0.0.5/tcp/5001"
+                        )
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if peers.is_empty() {
+                bail!("--bootstrap-kind static needs --static-bootstrap-peers");
+            }
+            Arc::new(StaticPeers(peers))
+        }
+        BootstrapKind::Dns => {
+            let Some(domain) = args.dns_bootstrap_domain.clone() else {
+                bail!("--bootstrap-kind dns needs --dns-bootstrap-domain");
+            };
+            let port = listen_addr(&args.router_addr, "--router-addr")?.port();
+            Arc::new(DnsPeers {
+                domain,
+                port,
+                resolver: Arc::new(SystemResolver),
+            })
+        }
+        BootstrapKind::Http => {
+            let Some(url) = args.http_bootstrap_url.clone() else {
+                bail!("--bootstrap-kind http needs --http-bootstrap-url");
+            };
+            Arc::new(HttpPeers { url })
+        }
+    };
+    let listen = listen_addr(&args.router_addr, "--router-addr")?;
+    let mut config = RouterConfig::new(multiaddr(listen), args.data_dir.clone(), registry_port);
+    if let Some(file) = &args.router_psk_file {
+        config.psk = Some(read_psk(file)?);
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("--data-dir {}: cannot create it", args.data_dir.display()))?;
+    let (router, _event_loop) = Router::start(config).await?;
+    tracing::info!(peer_id = %router.peer_id(), "router started");
+    if let Some(addr) = &args.http_bootstrap_addr {
+        let listener = bind(addr, "--http-bootstrap-addr").await?;
+        let id_router = router.clone();
+        let app = bootstrap::id_router(move || {
+            let router = id_router.clone();
+            async move {
+                let peer = router.peer_id();
+                router
+                    .listen_addrs()
+                    .await
+                    .into_iter()
+                    .map(|a| a.with(libp2p::multiaddr::Protocol::P2p(peer)))
+                    .collect()
+            }
+        });
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        });
+    }
+    tokio::spawn(bootstrap::keep_connected(
+        router.clone(),
+        bootstrapper,
+        shutdown.clone(),
+    ));
+    Ok(router)
+}
+
+fn multiaddr(addr: SocketAddr) -> Multiaddr {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) => libp2p::multiaddr::Protocol::Ip4(ip),
+        std::net::IpAddr::V6(ip) => libp2p::multiaddr::Protocol::Ip6(ip),
+    };
+    Multiaddr::empty()
+        .with(ip)
+        .with(libp2p::multiaddr::Protocol::Tcp(addr.port()))
 }
 
 /// Doctor's checks, as a gate: refuse what cannot work, warn about what
@@ -123,35 +267,28 @@ fn filter(args: &RegistryArgs) -> anyhow::Result<Filter> {
     Ok(Filter { mirrored, exclude })
 }
 
-/// Spegel's address syntax: `:5000` means every interface, else an IP and
-/// a port. Every interface is tried as dual-stack IPv6 first, then IPv4 for
-/// hosts with IPv6 disabled.
-async fn bind(addr: &str, flag: &str) -> anyhow::Result<TcpListener> {
-    let candidates: Vec<SocketAddr> = match addr.strip_prefix(':') {
+/// Spegel's address syntax: `:5000` means every interface (IPv4 here;
+/// `[::]:5000` asks for dual-stack IPv6), else an IP and a port.
+fn listen_addr(addr: &str, flag: &str) -> anyhow::Result<SocketAddr> {
+    match addr.strip_prefix(':') {
         Some(port) => {
             let port: u16 = port.parse().with_context(|| {
                 format!("{flag} {addr:?}: expected \":PORT\" or \"IP:PORT\", e.g. \":5000\"")
             })?;
-            vec![
-                SocketAddr::from(([0u16; 8], port)),
-                SocketAddr::from(([0u8; 4], port)),
-            ]
+            Ok(SocketAddr::from(([0u8; 4], port)))
         }
-        None => vec![addr.parse().with_context(|| {
+        None => addr.parse().with_context(|| {
             format!(
                 "{flag} {addr:?}: expected \":PORT\" or \"IP:PORT\", e.g. \"127.0.0.1:5000\" \
                  or \"[::1]:5000\""
             )
-        })?],
-    };
-    let mut last_error = None;
-    for candidate in candidates {
-        match TcpListener::bind(candidate).await {
-            Ok(listener) => return Ok(listener),
-            Err(error) => last_error = Some(error),
-        }
+        }),
     }
-    Err(last_error.expect("at least one candidate")).with_context(|| {
+}
+
+async fn bind(addr: &str, flag: &str) -> anyhow::Result<TcpListener> {
+    let addr_parsed = listen_addr(addr, flag)?;
+    TcpListener::bind(addr_parsed).await.with_context(|| {
         format!("{flag} {addr:?}: cannot listen; is another process using the port?")
     })
 }

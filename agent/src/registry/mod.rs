@@ -43,6 +43,14 @@ pub struct AppState {
     /// Peers to ask for what this node does not hold; `None` serves local
     /// content only.
     pub mirror: Option<Mirror>,
+    /// Also required for `/readyz`: with peer routing, at least one peer.
+    pub peers: Option<Arc<dyn Readiness>>,
+}
+
+/// Something `/readyz` waits for besides the content store.
+#[async_trait::async_trait]
+pub trait Readiness: Send + Sync {
+    async fn ready(&self) -> Result<(), String>;
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

@@ -26,6 +26,7 @@ async fn fixture(filter: Filter) -> Fixture {
         store: Arc::new(store),
         filter,
         mirror: None,
+        peers: None,
     }));
     Fixture {
         app,
@@ -641,6 +642,7 @@ mod peers {
             store: Arc::new(store),
             filter: Filter::default(),
             mirror: Some(mirror),
+            peers: None,
         }));
         (app, dir)
     }

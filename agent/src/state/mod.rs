@@ -193,6 +193,18 @@ impl StateSync {
         }
     }
 
+    /// For stores without events (an OCI layout): a walk at start and
+    /// every few minutes.
+    pub async fn run_without_events(mut self, shutdown: CancellationToken) {
+        let mut periodic = tokio::time::interval(PERIODIC_RESYNC);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = periodic.tick() => self.logged_resync("periodic").await,
+            }
+        }
+    }
+
     async fn logged_resync(&mut self, reason: &str) {
         match self.resync().await {
             Ok(changes) => tracing::info!(
