@@ -139,10 +139,45 @@ pub enum Backend<'a> {
     OciLayout(&'a Path),
 }
 
+/// An agent's part in a cluster: where its router listens, where it keeps
+/// its identity, and how it finds the others (`--bootstrap-kind …` flags).
+#[derive(Debug, Clone)]
+pub struct Peering {
+    pub router: SocketAddr,
+    pub data_dir: PathBuf,
+    pub bootstrap: Vec<String>,
+}
+
 impl Reflektor {
     /// Starts `reflektor registry` on `ip` (a 127.0.0.N of its own) with
-    /// fresh ports, and waits until `/readyz` answers 200.
+    /// fresh ports, serving its own content only, and waits until `/readyz`
+    /// answers 200.
     pub async fn start_registry(&self, backend: Backend<'_>, ip: IpAddr) -> Result<Agent> {
+        let mut agent = self.start(backend, ip, None).await?;
+        agent.wait_for("/readyz").await?;
+        Ok(agent)
+    }
+
+    /// Starts an agent that joins a cluster, and waits until it serves
+    /// (`/livez`); it is ready only once it has a peer, which is for the
+    /// caller to wait for with [`Agent::wait_until_ready`].
+    pub async fn start_peer(
+        &self,
+        backend: Backend<'_>,
+        ip: IpAddr,
+        peering: Peering,
+    ) -> Result<Agent> {
+        let mut agent = self.start(backend, ip, Some(peering)).await?;
+        agent.wait_for("/livez").await?;
+        Ok(agent)
+    }
+
+    async fn start(
+        &self,
+        backend: Backend<'_>,
+        ip: IpAddr,
+        peering: Option<Peering>,
+    ) -> Result<Agent> {
         let dir = tempfile::Builder::new()
             .prefix("reflektor-agent-")
             .tempdir_in(crate::node::work_parent())
@@ -156,9 +191,15 @@ impl Reflektor {
             .arg(format!("--metrics-addr={metrics}"))
             .arg("--log-level=debug")
             .env_clear()
-            .stdin(Stdio::null())
-            .stdout(File::create(&log_file)?)
-            .stderr(File::create(&log_file)?.try_clone()?);
+            .stdin(Stdio::null());
+        let log = File::create(&log_file)?;
+        cmd.stderr(log.try_clone()?).stdout(log);
+        if let Some(peering) = &peering {
+            cmd.arg(format!("--router-addr={}", peering.router))
+                .arg("--data-dir")
+                .arg(&peering.data_dir)
+                .args(&peering.bootstrap);
+        }
         match backend {
             Backend::Containerd(node) => {
                 let certs = node
@@ -181,15 +222,13 @@ impl Reflektor {
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", self.bin.display()))?;
-        let mut agent = Agent {
+        Ok(Agent {
             child,
             registry,
             metrics,
             log_file,
             _dir: dir,
-        };
-        agent.wait_until_ready().await?;
-        Ok(agent)
+        })
     }
 }
 
@@ -206,22 +245,30 @@ impl Agent {
         std::fs::read_to_string(&self.log_file).unwrap_or_default()
     }
 
-    async fn wait_until_ready(&mut self) -> Result<()> {
+    /// Waits for `/readyz`: with peers, until the agent has one.
+    pub async fn wait_until_ready(&mut self) -> Result<()> {
+        self.wait_for("/readyz").await
+    }
+
+    async fn wait_for(&mut self, path: &str) -> Result<()> {
         let deadline = Instant::now() + crate::node::patience()?;
         loop {
             if let Some(status) = self.child.try_wait()? {
                 bail!(
-                    "reflektor registry exited ({status}) before it was ready:\n{}",
+                    "reflektor registry exited ({status}) before {path} answered:\n{}",
                     self.log()
                 );
             }
-            if let Ok(response) = http::get(self.registry, "/readyz", "*/*").await
+            if let Ok(response) = http::get(self.registry, path, "*/*").await
                 && response.status() == 200
             {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("reflektor registry was not ready in time:\n{}", self.log());
+                bail!(
+                    "reflektor registry's {path} did not answer 200 in time:\n{}",
+                    self.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

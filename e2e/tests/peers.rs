@@ -1,0 +1,233 @@
+//! Peer to peer with real components: three nodes, each a Debian containerd
+//! (bookworm 1.6, trixie 1.7, sid 2.1) with its own agent on its own
+//! loopback address, mirrors configured by `reflektor configuration`. One
+//! node pulls from the upstream; the upstream stops; the other two pull
+//! through their own agents, which find the first node through the DHT.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use reflektor_e2e::agent::{Agent, Backend, Peering, Reflektor};
+use reflektor_e2e::cri::{Cri, K8sNamespace};
+use reflektor_e2e::debian::Suite;
+use reflektor_e2e::http;
+use reflektor_e2e::node::{ContainerdNode, NodeConfig};
+use reflektor_e2e::scenario::{Images, images};
+use reflektor_e2e::support;
+
+struct Member {
+    node: ContainerdNode,
+    agent: Agent,
+}
+
+/// Points a node's containerd at its own agent for the upstream registry.
+fn configure(
+    reflektor: &Reflektor,
+    node: &ContainerdNode,
+    agent: &Agent,
+    images: &Images,
+) -> Result<()> {
+    let output = Command::new(reflektor.bin())
+        .arg("configuration")
+        .arg("--containerd-registry-config-path")
+        .arg(node.certs_dir())
+        .arg(format!(
+            "--mirrored-registries=http://{}",
+            images.upstream.addr()
+        ))
+        .arg(format!("--mirror-targets=http://{}", agent.addr()))
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "reflektor configuration: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// A metric's value summed over the lines that contain every needle.
+async fn metric(agent: &Agent, needles: &[&str]) -> Result<f64> {
+    let response = http::get(agent.metrics_addr(), "/metrics", "*/*").await?;
+    let text = String::from_utf8(response.into_body().to_vec())?;
+    Ok(text
+        .lines()
+        .filter(|l| !l.starts_with('#') && needles.iter().all(|n| l.contains(n)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
+}
+
+async fn eventually<F, Fut>(what: &str, check: F) -> Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not happen within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Starts three members bootstrapped with `bootstrap(i, routers)`.
+async fn cluster(
+    reflektor: &Reflektor,
+    images: &Images,
+    data: &Path,
+    bootstrap: impl Fn(usize, &[std::net::SocketAddr]) -> Vec<String>,
+) -> Result<Vec<Member>> {
+    let suites = [Suite::Bookworm, Suite::Trixie, Suite::Sid];
+    let ips: Vec<IpAddr> = (0..3)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 21 + i as u8)))
+        .collect();
+    let routers = ips
+        .iter()
+        .map(|ip| http::free_port(*ip))
+        .collect::<Result<Vec<_>>>()?;
+    let mut members = Vec::new();
+    for (i, suite) in suites.into_iter().enumerate() {
+        let build = support::build(suite).await?;
+        let node = ContainerdNode::start(&build, NodeConfig::new(format!("p2p-{suite}"))).await?;
+        let peering = Peering {
+            router: routers[i],
+            data_dir: data.join(suite.name()),
+            bootstrap: bootstrap(i, &routers),
+        };
+        let agent = reflektor
+            .start_peer(Backend::Containerd(&node), ips[i], peering)
+            .await?;
+        configure(reflektor, &node, &agent, images)?;
+        members.push(Member { node, agent });
+    }
+    for member in &mut members {
+        member.agent.wait_until_ready().await?;
+    }
+    Ok(members)
+}
+
+/// The basic pull: node 1 from the upstream, nodes 2 and 3 through peers
+/// with the upstream stopped, by tag and by digest, identical digests.
+async fn pull_through_peers(members: &[Member], images: &mut Images) -> Result<()> {
+    let first = &members[0];
+    Cri::connect(&first.node)
+        .await?
+        .pull_image(&images.app.by_tag)
+        .await?;
+    // Node 1's agent advertises what its containerd now holds.
+    let layers = images.app.image.platforms[0].layers.len() as f64;
+    eventually("node 1 advertising the image", || async {
+        Ok(metric(&first.agent, &["reflektor_advertised_keys", "digest"]).await? >= layers + 2.0)
+    })
+    .await?;
+
+    images.upstream.stop().await?;
+    for member in &members[1..] {
+        let cri = Cri::connect(&member.node).await?;
+        let suite = member.node.build().suite;
+        for reference in [&images.app.by_tag, &images.app.by_digest] {
+            cri.pull_image(reference)
+                .await
+                .with_context(|| format!("{suite}: pulling {reference} through peers"))?;
+        }
+        let image = K8sNamespace::connect(&member.node)
+            .await?
+            .image(&images.app.by_tag)
+            .await?
+            .context("the image is in containerd")?;
+        let target = image.target.context("a target")?;
+        ensure!(
+            target.digest == images.app.image.target.digest,
+            "{suite}: {}",
+            target.digest
+        );
+        let hits = metric(
+            &member.agent,
+            &["reflektor_mirror_requests_total", "cache=\"hit\""],
+        )
+        .await?;
+        ensure!(hits > 0.0, "{suite}: the agent recorded no mirror hit");
+        let from_peers = metric(
+            &member.agent,
+            &["reflektor_served_bytes_total", "source=\"peer\""],
+        )
+        .await?;
+        let size: u64 = images.app.image.platforms[0]
+            .layers
+            .iter()
+            .map(|l| l.blob.size)
+            .sum();
+        ensure!(
+            from_peers >= size as f64,
+            "{suite}: {from_peers} bytes from peers, less than the {size} layer bytes"
+        );
+    }
+    Ok(())
+}
+
+async fn stop(members: Vec<Member>) -> Result<()> {
+    for member in members {
+        let status = member.agent.stop().await?;
+        ensure!(status.success(), "agent exited with {status}");
+        member.node.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn three_nodes_bootstrapped_statically_pull_through_peers() -> Result<()> {
+    if !support::root_or_skip("three nodes, static bootstrap") {
+        return Ok(());
+    }
+    let reflektor = Reflektor::locate()?;
+    let mut images = images().await?;
+    let data = tempfile::tempdir()?;
+    // Every node lists the others, as a DaemonSet's static list would.
+    let members = cluster(&reflektor, &images, data.path(), |i, routers| {
+        let others: Vec<String> = routers
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, r)| format!("/ip4/{}/tcp/{}", r.ip(), r.port()))
+            .collect();
+        vec![
+            "--bootstrap-kind=static".to_owned(),
+            format!("--static-bootstrap-peers={}", others.join(",")),
+        ]
+    })
+    .await?;
+    pull_through_peers(&members, &mut images).await?;
+    stop(members).await
+}
+
+#[tokio::test]
+async fn three_nodes_bootstrapped_over_http_pull_through_peers() -> Result<()> {
+    if !support::root_or_skip("three nodes, http bootstrap") {
+        return Ok(());
+    }
+    let reflektor = Reflektor::locate()?;
+    let mut images = images().await?;
+    let data = tempfile::tempdir()?;
+    // Node 1 serves /id; the others fetch it.
+    let id = http::free_port(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 21)))?;
+    let members = cluster(&reflektor, &images, data.path(), |i, _| {
+        let mut args = vec![
+            "--bootstrap-kind=http".to_owned(),
+            format!("--http-bootstrap-url=http://{id}/id"),
+        ];
+        if i == 0 {
+            args.push(format!("--http-bootstrap-addr={id}"));
+        }
+        args
+    })
+    .await?;
+    pull_through_peers(&members, &mut images).await?;
+    stop(members).await
+}
