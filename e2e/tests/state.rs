@@ -2,16 +2,14 @@
 //! and the digests the node holds; removing it withdraws them. The router is
 //! replaced by a recording test double here; the router has its own tests.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use async_trait::async_trait;
 use reflektor::metrics::Metrics;
 use reflektor::registry::Filter;
 use reflektor::runtime::Containerd;
-use reflektor::state::{Advertiser, StateSync};
+use reflektor::state::{Recorder, StateSync};
 use reflektor::store::ContainerdStore;
 use reflektor_e2e::cri::Cri;
 use reflektor_e2e::debian::Suite;
@@ -20,28 +18,6 @@ use reflektor_e2e::node::{ContainerdNode, NodeConfig};
 use reflektor_e2e::scenario::images;
 use reflektor_e2e::support;
 use tokio_util::sync::CancellationToken;
-
-/// Test double for the router: records the advertised set.
-#[derive(Default)]
-struct Recorder {
-    keys: Mutex<BTreeSet<String>>,
-}
-
-#[async_trait]
-impl Advertiser for Recorder {
-    async fn advertise(&self, keys: Vec<String>) -> anyhow::Result<()> {
-        self.keys.lock().unwrap().extend(keys);
-        Ok(())
-    }
-
-    async fn withdraw(&self, keys: Vec<String>) -> anyhow::Result<()> {
-        let mut advertised = self.keys.lock().unwrap();
-        for key in keys {
-            advertised.remove(&key);
-        }
-        Ok(())
-    }
-}
 
 /// Polls `check` until it holds or patience runs out.
 async fn eventually(what: &str, check: impl Fn() -> bool) -> Result<()> {
@@ -91,7 +67,7 @@ async fn follows_pulls_and_removals(suite: Suite) -> Result<()> {
     ];
     wanted.extend(host.layers.iter().map(|l| l.blob.digest.clone()));
     let has_all = || {
-        let keys = recorder.keys.lock().unwrap();
+        let keys = recorder.keys();
         wanted.iter().all(|k| keys.contains(k))
     };
     eventually("advertising the pulled image", has_all).await?;
@@ -103,17 +79,11 @@ async fn follows_pulls_and_removals(suite: Suite) -> Result<()> {
         .iter()
         .find(|p| p.platform != Platform::host().unwrap())
         .context("another platform")?;
-    ensure!(
-        !recorder
-            .keys
-            .lock()
-            .unwrap()
-            .contains(&other.manifest.digest)
-    );
+    ensure!(!recorder.keys().contains(&other.manifest.digest));
 
     cri.remove_image(&images.multi.by_tag).await?;
     eventually("withdrawing the removed tag", || {
-        !recorder.keys.lock().unwrap().contains(&images.multi.by_tag)
+        !recorder.keys().contains(&images.multi.by_tag)
     })
     .await?;
 

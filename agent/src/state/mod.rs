@@ -236,5 +236,37 @@ fn is_tag(name: &str) -> bool {
             .is_some_and(|last| last.contains(':'))
 }
 
+/// A test double for the router: records the advertised set.
+#[cfg(any(test, feature = "test-util"))]
+#[derive(Debug, Default)]
+pub struct Recorder {
+    keys: std::sync::Mutex<BTreeSet<String>>,
+}
+
+#[cfg(any(test, feature = "test-util"))]
+impl Recorder {
+    pub fn keys(&self) -> BTreeSet<String> {
+        self.keys.lock().expect("recorder poisoned").clone()
+    }
+}
+
+#[cfg(any(test, feature = "test-util"))]
+#[async_trait]
+impl Advertiser for Recorder {
+    async fn advertise(&self, keys: Vec<String>) -> anyhow::Result<()> {
+        self.keys.lock().expect("recorder poisoned").extend(keys);
+        Ok(())
+    }
+
+    /// Withdrawing a key that was never advertised is a bug in the caller.
+    async fn withdraw(&self, keys: Vec<String>) -> anyhow::Result<()> {
+        let mut advertised = self.keys.lock().expect("recorder poisoned");
+        for key in keys {
+            anyhow::ensure!(advertised.remove(&key), "withdrew {key}, never advertised");
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests;

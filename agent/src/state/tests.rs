@@ -1,33 +1,9 @@
 //! State sync over a real OCI layout store, with a recording advertiser in
 //! place of the router (a test double: the router has its own tests).
 
-use std::sync::Mutex;
-
 use super::*;
 use crate::store::OciLayoutStore;
 use crate::store::conformance::write_layout;
-
-/// Records what would have gone to the router.
-#[derive(Default)]
-struct Recorder {
-    keys: Mutex<BTreeSet<String>>,
-}
-
-#[async_trait]
-impl Advertiser for Recorder {
-    async fn advertise(&self, keys: Vec<String>) -> anyhow::Result<()> {
-        self.keys.lock().unwrap().extend(keys);
-        Ok(())
-    }
-
-    async fn withdraw(&self, keys: Vec<String>) -> anyhow::Result<()> {
-        let mut advertised = self.keys.lock().unwrap();
-        for key in keys {
-            assert!(advertised.remove(&key), "withdrew {key}, never advertised");
-        }
-        Ok(())
-    }
-}
 
 async fn sync(
     filter: Filter,
@@ -56,7 +32,7 @@ async fn advertises_the_tag_and_every_digest_it_holds() {
         .chain(expected.blobs.iter().map(|(d, _)| d.to_string()))
         .collect();
     wanted.insert("example.com/team/app:v1".to_owned());
-    assert_eq!(*recorder.keys.lock().unwrap(), wanted);
+    assert_eq!(recorder.keys(), wanted);
     assert_eq!(changes.tags, 1);
     assert_eq!(changes.digests, wanted.len() - 1);
     assert_eq!(
@@ -74,7 +50,7 @@ async fn content_that_goes_away_is_withdrawn() {
     std::fs::remove_file(dir.path().join("blobs/sha256").join(layer.hex())).unwrap();
     let changes = sync.resync().await.unwrap();
     assert_eq!(changes.withdrawn, 1);
-    assert!(!recorder.keys.lock().unwrap().contains(&layer.to_string()));
+    assert!(!recorder.keys().contains(&layer.to_string()));
 }
 
 #[tokio::test]
@@ -86,7 +62,7 @@ async fn filtered_images_are_not_advertised() {
     let (_dir, recorder, mut sync, _) = sync(filter).await;
     let changes = sync.resync().await.unwrap();
     assert_eq!(changes, Changes::default());
-    assert!(recorder.keys.lock().unwrap().is_empty());
+    assert!(recorder.keys().is_empty());
 }
 
 #[test]
