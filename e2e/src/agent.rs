@@ -148,6 +148,21 @@ pub struct Peering {
     pub bootstrap: Vec<String>,
 }
 
+/// The bootstrap flags of member `me` of a cluster whose routers listen on
+/// `routers`: every other member listed, as a DaemonSet's static list would.
+pub fn static_bootstrap(routers: &[SocketAddr], me: usize) -> Vec<String> {
+    let others: Vec<String> = routers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != me)
+        .map(|(_, router)| format!("/ip4/{}/tcp/{}", router.ip(), router.port()))
+        .collect();
+    vec![
+        "--bootstrap-kind=static".to_owned(),
+        format!("--static-bootstrap-peers={}", others.join(",")),
+    ]
+}
+
 impl Reflektor {
     /// Starts `reflektor registry` on `ip` (a 127.0.0.N of its own) with
     /// fresh ports, serving its own content only, and waits until `/readyz`
@@ -191,6 +206,8 @@ impl Reflektor {
             .arg(format!("--metrics-addr={metrics}"))
             .arg("--log-level=debug")
             .env_clear()
+            // Plain text: colour escapes would split the `key=value` fields tests read.
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null());
         let log = File::create(&log_file)?;
         cmd.stderr(log.try_clone()?).stdout(log);
@@ -243,6 +260,56 @@ impl Agent {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_file).unwrap_or_default()
+    }
+
+    /// The libp2p peer id the agent logged when its router started
+    /// (`router started peer_id=…`); with peers, that line is written before
+    /// the agent serves, so it is there once [`Reflektor::start_peer`] returns.
+    pub fn peer_id(&self) -> Result<String> {
+        let log = self.log();
+        log.lines()
+            .filter(|line| line.contains("router started"))
+            .find_map(|line| {
+                let (_, rest) = line.split_once("peer_id=")?;
+                rest.split_whitespace().next().map(str::to_owned)
+            })
+            .with_context(|| format!("the agent logged no `router started peer_id=…`:\n{log}"))
+    }
+
+    /// A metric's value summed over the lines of `/metrics` that contain
+    /// every needle, e.g. `["reflektor_advertised_keys", "digest"]`; 0 when
+    /// none does, as for a counter nothing has incremented yet.
+    pub async fn metric(&self, needles: &[&str]) -> Result<f64> {
+        let response = http::get(self.metrics, "/metrics", "*/*").await?;
+        let text = String::from_utf8(response.into_body().to_vec())
+            .context("the agent's /metrics is not UTF-8")?;
+        Ok(text
+            .lines()
+            .filter(|line| !line.starts_with('#') && needles.iter().all(|n| line.contains(n)))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
+    /// The exit status if the agent has exited, `None` while it runs.
+    pub fn exited(&mut self) -> Result<Option<std::process::ExitStatus>> {
+        self.child
+            .try_wait()
+            .context("checking on the reflektor registry process")
+    }
+
+    /// SIGKILL, as when a node dies or the OOM killer strikes: no graceful
+    /// shutdown, open connections are cut wherever they are. The agent's log
+    /// stays readable until it is dropped.
+    pub fn kill(&mut self) -> Result<std::process::ExitStatus> {
+        if let Some(status) = self.exited()? {
+            return Ok(status);
+        }
+        self.child
+            .kill()
+            .context("sending SIGKILL to reflektor registry")?;
+        self.child
+            .wait()
+            .context("reaping the killed reflektor registry")
     }
 
     /// Waits for `/readyz`: with peers, until the agent has one.

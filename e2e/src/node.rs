@@ -221,6 +221,18 @@ impl ContainerdNode {
         workdir.remove()
     }
 
+    /// Restarts containerd as a node's init system would after a crash or an upgrade:
+    /// SIGTERM (SIGKILL to the process group after 10 s), then the same binary on the
+    /// same root, state, socket and config, and waits until it answers Version again.
+    /// Content and images survive; clients such as the agent see their connections
+    /// and event streams break and must reconnect on their own. The log keeps both runs.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.daemon.terminate(&self.name).await?;
+        self.daemon = Daemon::spawn(&self.build, &self.layout)
+            .with_context(|| format!("restarting containerd of node {}", self.name))?;
+        self.wait_until_ready().await
+    }
+
     async fn wait_until_ready(&self) -> Result<()> {
         let patience = patience()?;
         let started = Instant::now();
@@ -367,8 +379,12 @@ struct Daemon {
 
 impl Daemon {
     fn spawn(build: &ContainerdBuild, layout: &Layout) -> Result<Self> {
-        let log = File::create(&layout.log_file)
-            .with_context(|| format!("creating {}", layout.log_file.display()))?;
+        // Appending keeps the output of every run, across restarts.
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&layout.log_file)
+            .with_context(|| format!("opening {}", layout.log_file.display()))?;
         let stderr = log
             .try_clone()
             .with_context(|| format!("sharing {}", layout.log_file.display()))?;
@@ -408,6 +424,15 @@ impl Daemon {
     }
 
     async fn shutdown(mut self, name: &str) -> Result<()> {
+        self.terminate(name).await
+    }
+
+    /// SIGTERM, a grace period, then [`Daemon::kill`]; afterwards the daemon is reaped
+    /// and may be replaced.
+    async fn terminate(&mut self, name: &str) -> Result<()> {
+        if self.reaped {
+            return Ok(());
+        }
         match kill(self.pid(), Signal::SIGTERM) {
             Ok(()) | Err(Errno::ESRCH) => {}
             Err(err) => {

@@ -1,9 +1,12 @@
-//! Shared pieces of the integration tests: the cached build of a suite and
-//! the root check, so that each test file says only what it tests.
+//! Shared pieces of the integration tests: the cached build of a suite, the
+//! root check and polling, so that each test file says only what it tests.
 
-use anyhow::Result;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
 
 use crate::debian::{self, ContainerdBuild, Suite};
+use crate::node;
 
 /// The suite's containerd from the shared cache, fetched on first use.
 pub async fn build(suite: Suite) -> Result<ContainerdBuild> {
@@ -35,4 +38,26 @@ pub fn toml_value<'a>(config: &'a toml::Table, path: &[&str]) -> Option<&'a toml
         table = table.get(*key)?.as_table()?;
     }
     table.get(*last)
+}
+
+/// Polls `check` every 200 ms until it holds, failing after the harness's
+/// patience (`REFLEKTOR_E2E_PATIENCE_SECS`, 30 s by default): for what a
+/// cluster does in the background, such as advertising what a node pulled.
+pub async fn eventually<F, Fut>(what: &str, check: F) -> Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let patience = node::patience()?;
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        if check().await? {
+            return Ok(());
+        }
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not happen within {patience:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

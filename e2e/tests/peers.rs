@@ -7,16 +7,15 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use reflektor_e2e::agent::{Agent, Backend, Peering, Reflektor};
+use reflektor_e2e::agent::{self, Agent, Backend, Peering, Reflektor};
 use reflektor_e2e::cri::{Cri, K8sNamespace};
 use reflektor_e2e::debian::Suite;
 use reflektor_e2e::http;
 use reflektor_e2e::node::{ContainerdNode, NodeConfig};
 use reflektor_e2e::scenario::{Images, images};
-use reflektor_e2e::support;
+use reflektor_e2e::support::{self, eventually};
 
 struct Member {
     node: ContainerdNode,
@@ -46,35 +45,6 @@ fn configure(
         String::from_utf8_lossy(&output.stderr)
     );
     Ok(())
-}
-
-/// A metric's value summed over the lines that contain every needle.
-async fn metric(agent: &Agent, needles: &[&str]) -> Result<f64> {
-    let response = http::get(agent.metrics_addr(), "/metrics", "*/*").await?;
-    let text = String::from_utf8(response.into_body().to_vec())?;
-    Ok(text
-        .lines()
-        .filter(|l| !l.starts_with('#') && needles.iter().all(|n| l.contains(n)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum())
-}
-
-async fn eventually<F, Fut>(what: &str, check: F) -> Result<()>
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<bool>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if check().await? {
-            return Ok(());
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{what} did not happen within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Starts three members bootstrapped with `bootstrap(i, routers)`.
@@ -124,7 +94,11 @@ async fn pull_through_peers(members: &[Member], images: &mut Images) -> Result<(
     // Node 1's agent advertises what its containerd now holds.
     let layers = images.app.image.platforms[0].layers.len() as f64;
     eventually("node 1 advertising the image", || async {
-        Ok(metric(&first.agent, &["reflektor_advertised_keys", "digest"]).await? >= layers + 2.0)
+        Ok(first
+            .agent
+            .metric(&["reflektor_advertised_keys", "digest"])
+            .await?
+            >= layers + 2.0)
     })
     .await?;
 
@@ -148,17 +122,15 @@ async fn pull_through_peers(members: &[Member], images: &mut Images) -> Result<(
             "{suite}: {}",
             target.digest
         );
-        let hits = metric(
-            &member.agent,
-            &["reflektor_mirror_requests_total", "cache=\"hit\""],
-        )
-        .await?;
+        let hits = member
+            .agent
+            .metric(&["reflektor_mirror_requests_total", "cache=\"hit\""])
+            .await?;
         ensure!(hits > 0.0, "{suite}: the agent recorded no mirror hit");
-        let from_peers = metric(
-            &member.agent,
-            &["reflektor_served_bytes_total", "source=\"peer\""],
-        )
-        .await?;
+        let from_peers = member
+            .agent
+            .metric(&["reflektor_served_bytes_total", "source=\"peer\""])
+            .await?;
         let size: u64 = images.app.image.platforms[0]
             .layers
             .iter()
@@ -191,16 +163,7 @@ async fn three_nodes_bootstrapped_statically_pull_through_peers() -> Result<()> 
     let data = tempfile::tempdir()?;
     // Every node lists the others, as a DaemonSet's static list would.
     let members = cluster(&reflektor, &images, data.path(), |i, routers| {
-        let others: Vec<String> = routers
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i)
-            .map(|(_, r)| format!("/ip4/{}/tcp/{}", r.ip(), r.port()))
-            .collect();
-        vec![
-            "--bootstrap-kind=static".to_owned(),
-            format!("--static-bootstrap-peers={}", others.join(",")),
-        ]
+        agent::static_bootstrap(routers, i)
     })
     .await?;
     pull_through_peers(&members, &mut images).await?;

@@ -8,8 +8,10 @@ use super::{Containerd, RuntimeError};
 
 impl Containerd {
     /// The topics (`/images/create`, `/content/delete`, …) of image and
-    /// content events in `namespace`, as they happen. The stream ends when
-    /// containerd goes away; callers resubscribe.
+    /// content events in `namespace`, as they happen. Resolves only when
+    /// the first event arrives (containerd sends no response before it), so
+    /// callers run it in a task of its own. The stream ends when containerd
+    /// goes away; callers subscribe again.
     pub async fn image_and_content_events(
         &self,
         namespace: &str,

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -128,69 +128,52 @@ impl StateSync {
 
     /// Keeps the advertised set in sync with containerd until `shutdown`:
     /// a walk at start, after every burst of image or content events, every
-    /// few minutes, and after each reconnection when containerd restarts.
-    /// The agent never stops because containerd did.
+    /// few minutes, and after containerd comes back from a restart. A failed
+    /// walk is retried with backoff. The agent never stops because
+    /// containerd did.
+    ///
+    /// The event subscription runs in its own task: containerd sends no
+    /// response to a subscription until the first event, so nothing here
+    /// may wait on it.
     pub async fn run(
         mut self,
         containerd: Containerd,
         namespace: String,
         shutdown: CancellationToken,
     ) {
+        let (signals, mut received) = tokio::sync::mpsc::channel(SIGNAL_QUEUE);
+        let subscriber = tokio::spawn(subscribe(containerd, namespace, signals, shutdown.clone()));
+        let mut pending = Some("start");
         let mut failures = 0usize;
+        let mut periodic = tokio::time::interval(PERIODIC_RESYNC);
+        periodic.tick().await;
         loop {
-            let events = match containerd.image_and_content_events(&namespace).await {
-                Ok(events) => {
+            if let Some(reason) = pending {
+                if self.logged_resync(reason).await {
+                    pending = None;
                     failures = 0;
-                    events
-                }
-                Err(error) => {
-                    let wait = RESUBSCRIBE_BACKOFF[failures.min(RESUBSCRIBE_BACKOFF.len() - 1)];
+                } else {
                     failures += 1;
-                    tracing::warn!(%error, ?wait, "cannot subscribe to containerd events; retrying");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(wait) => continue,
-                    }
                 }
-            };
-            self.logged_resync("subscribed").await;
-            let mut events = std::pin::pin!(events);
-            let mut periodic = tokio::time::interval(PERIODIC_RESYNC);
-            periodic.tick().await;
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    _ = periodic.tick() => self.logged_resync("periodic").await,
-                    event = events.next() => match event {
-                        Some(Ok(topic)) => {
-                            tracing::debug!(%topic, "containerd event");
-                            // Let the burst finish, take what it queued, walk once.
-                            tokio::time::sleep(DEBOUNCE).await;
-                            let mut ended = false;
-                            while let Some(next) = events.next().now_or_never() {
-                                if !matches!(next, Some(Ok(_))) {
-                                    ended = true;
-                                    break;
-                                }
-                            }
-                            self.logged_resync("events").await;
-                            if ended {
-                                tracing::warn!("containerd event stream ended; resubscribing");
-                                break;
-                            }
-                        }
-                        Some(Err(error)) => {
-                            tracing::warn!(%error, "containerd event stream failed; resubscribing");
-                            break;
-                        }
-                        None => {
-                            tracing::warn!("containerd closed the event stream; resubscribing");
-                            break;
-                        }
-                    },
+            }
+            let retry = RESUBSCRIBE_BACKOFF[failures.min(RESUBSCRIBE_BACKOFF.len() - 1)];
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                _ = periodic.tick() => pending = Some("periodic"),
+                () = tokio::time::sleep(retry), if pending.is_some() => {}
+                signal = received.recv() => {
+                    let Some(signal) = signal else { break };
+                    // Let the burst finish, then walk once for all of it.
+                    tokio::time::sleep(DEBOUNCE).await;
+                    let mut reason = signal;
+                    while let Ok(more) = received.try_recv() {
+                        reason = reason.max(more);
+                    }
+                    pending = Some(reason.text());
                 }
             }
         }
+        subscriber.abort();
     }
 
     /// For stores without events (an OCI layout): a walk at start and
@@ -200,22 +183,108 @@ impl StateSync {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                _ = periodic.tick() => self.logged_resync("periodic").await,
+                _ = periodic.tick() => {
+                    self.logged_resync("periodic").await;
+                }
             }
         }
     }
 
-    async fn logged_resync(&mut self, reason: &str) {
+    /// Whether the walk succeeded.
+    async fn logged_resync(&mut self, reason: &str) -> bool {
         match self.resync().await {
-            Ok(changes) => tracing::info!(
-                reason,
-                advertised = changes.advertised,
-                withdrawn = changes.withdrawn,
-                digests = changes.digests,
-                tags = changes.tags,
-                "state synced"
-            ),
-            Err(error) => tracing::warn!(reason, %error, "state sync failed; will retry"),
+            Ok(changes) => {
+                tracing::info!(
+                    reason,
+                    advertised = changes.advertised,
+                    withdrawn = changes.withdrawn,
+                    digests = changes.digests,
+                    tags = changes.tags,
+                    "state synced"
+                );
+                true
+            }
+            Err(error) => {
+                tracing::warn!(reason, %error, "state sync failed; will retry");
+                false
+            }
+        }
+    }
+}
+
+/// What the subscriber task tells the sync loop. When several arrive in
+/// one burst, the walk is named after the greatest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Signal {
+    /// An image or content event.
+    Event,
+    /// The stream ended: containerd went away or restarted.
+    Ended,
+    /// A new subscription is going out after the last one ended: whatever
+    /// happened in between is found by the walk that follows it.
+    Resubscribing,
+}
+
+impl Signal {
+    fn text(self) -> &'static str {
+        match self {
+            Signal::Event => "events",
+            Signal::Resubscribing => "resubscribed",
+            Signal::Ended => "containerd went away",
+        }
+    }
+}
+
+/// Bound on signals waiting for the sync loop; a burst beyond it waits.
+const SIGNAL_QUEUE: usize = 256;
+
+/// Subscribes to image and content events, forwards them, and subscribes
+/// again whenever the stream ends, with backoff while containerd is down.
+async fn subscribe(
+    containerd: Containerd,
+    namespace: String,
+    signals: tokio::sync::mpsc::Sender<Signal>,
+    shutdown: CancellationToken,
+) {
+    let mut failures = 0usize;
+    let mut first = true;
+    while !shutdown.is_cancelled() {
+        if !first && signals.send(Signal::Resubscribing).await.is_err() {
+            return;
+        }
+        first = false;
+        match containerd.image_and_content_events(&namespace).await {
+            Ok(events) => {
+                failures = 0;
+                let mut events = std::pin::pin!(events);
+                while let Some(event) = events.next().await {
+                    match event {
+                        Ok(topic) => {
+                            tracing::debug!(%topic, "containerd event");
+                            if signals.send(Signal::Event).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "containerd event stream failed");
+                            break;
+                        }
+                    }
+                }
+                tracing::warn!("containerd event stream ended; subscribing again");
+                if signals.send(Signal::Ended).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                let wait = RESUBSCRIBE_BACKOFF[failures.min(RESUBSCRIBE_BACKOFF.len() - 1)];
+                failures += 1;
+                tracing::warn!(%error, ?wait, "cannot subscribe to containerd events; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
         }
     }
 }
