@@ -54,6 +54,7 @@ pub struct Metrics {
     advertised: Family<KindLabels, Gauge>,
     mirror_requests: Family<MirrorLabels, Counter>,
     resolve_duration: Histogram,
+    peers: Gauge,
 }
 
 impl Metrics {
@@ -65,6 +66,7 @@ impl Metrics {
         let in_flight = Gauge::default();
         let advertised = Family::<KindLabels, Gauge>::default();
         let mirror_requests = Family::<MirrorLabels, Counter>::default();
+        let peers = Gauge::default();
         // 0.5 ms to ~4 s: a lookup answered from cache up to one that timed out.
         let resolve_duration = Histogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 14),
@@ -104,6 +106,7 @@ impl Metrics {
             "Time to find the peers that provide a key",
             resolve_duration.clone(),
         );
+        registry.register("peers", "Peers in this node's routing table", peers.clone());
         Self {
             registry,
             requests,
@@ -113,6 +116,7 @@ impl Metrics {
             advertised,
             mirror_requests,
             resolve_duration,
+            peers,
         }
     }
 
@@ -158,6 +162,10 @@ impl Metrics {
 
     pub fn observe_resolve(&self, duration: std::time::Duration) {
         self.resolve_duration.observe(duration.as_secs_f64());
+    }
+
+    pub fn set_peers(&self, peers: usize) {
+        self.peers.set(i64::try_from(peers).unwrap_or(i64::MAX));
     }
 
     /// What state sync advertises now.

@@ -72,6 +72,13 @@ pub async fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    if let Some(router) = &router {
+        tokio::spawn(count_peers(
+            router.clone(),
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        ));
+    }
     let mirror = router.as_ref().map(|router| {
         Mirror::new(
             Arc::new(router.clone()),
@@ -196,6 +203,18 @@ async fn start_peers(
         shutdown.clone(),
     ));
     Ok(router)
+}
+
+/// Keeps the peer gauge current; the router is asked, not told, so this
+/// polls.
+async fn count_peers(router: Router, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => metrics.set_peers(router.routing_table_size().await),
+        }
+    }
 }
 
 fn multiaddr(addr: SocketAddr) -> Multiaddr {

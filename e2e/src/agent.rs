@@ -258,8 +258,10 @@ impl Agent {
         self.metrics
     }
 
+    /// The agent's log so far; lossy, because a log line may quote bytes a
+    /// peer sent.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_file).unwrap_or_default()
+        String::from_utf8_lossy(&std::fs::read(&self.log_file).unwrap_or_default()).into_owned()
     }
 
     /// The libp2p peer id the agent logged when its router started

@@ -194,3 +194,132 @@ async fn three_nodes_bootstrapped_over_http_pull_through_peers() -> Result<()> {
     pull_through_peers(&members, &mut images).await?;
     stop(members).await
 }
+
+/// A libp2p pre-shared key file with 32 random-looking bytes from `seed`.
+fn psk_file(dir: &Path, seed: u8) -> Result<std::path::PathBuf> {
+    let key: String = (0..32u8)
+        .map(|i| format!("{:02x}", i.wrapping_mul(37).wrapping_add(seed)))
+        .collect();
+    let path = dir.join(format!("psk-{seed}"));
+    std::fs::write(&path, format!("/key/swarm/psk/1.0.0/\n/base16/\n{key}\n"))?;
+    Ok(path)
+}
+
+/// A node with a different pre-shared key never joins: its agent stays
+/// unready and finds nothing, while a node with the right key fetches
+/// through peers. Then the image is removed on the holder: it is
+/// withdrawn there and no longer served from there.
+#[tokio::test]
+async fn a_different_psk_is_another_cluster_and_removed_images_are_withdrawn() -> Result<()> {
+    if !support::root_or_skip("psk isolation and withdrawal") {
+        return Ok(());
+    }
+    let reflektor = Reflektor::locate()?;
+    let images = images().await?;
+    let data = tempfile::tempdir()?;
+    let ours = psk_file(data.path(), 1)?;
+    let theirs = psk_file(data.path(), 2)?;
+    let ips: Vec<IpAddr> = (0..3)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 31 + i)))
+        .collect();
+    let routers = ips
+        .iter()
+        .map(|ip| http::free_port(*ip))
+        .collect::<Result<Vec<_>>>()?;
+    let holder_router = format!("/ip4/{}/tcp/{}", routers[0].ip(), routers[0].port());
+    let keys = [&ours, &ours, &theirs];
+    let mut members = Vec::new();
+    for (i, suite) in [Suite::Bookworm, Suite::Sid, Suite::Trixie]
+        .into_iter()
+        .enumerate()
+    {
+        let build = support::build(suite).await?;
+        let node = ContainerdNode::start(&build, NodeConfig::new(format!("psk-{suite}"))).await?;
+        let mut bootstrap = vec![format!("--router-psk-file={}", keys[i].display())];
+        bootstrap.extend(match i {
+            0 => agent::static_bootstrap(&routers[..2], 0),
+            _ => vec![
+                "--bootstrap-kind=static".to_owned(),
+                format!("--static-bootstrap-peers={holder_router}"),
+            ],
+        });
+        let peering = Peering {
+            router: routers[i],
+            data_dir: data.path().join(suite.name()),
+            bootstrap,
+        };
+        let agent = reflektor
+            .start_peer(Backend::Containerd(&node), ips[i], peering)
+            .await?;
+        configure(&reflektor, &node, &agent, &images)?;
+        members.push(Member { node, agent });
+    }
+    let [holder, friend, stranger] = &mut members[..] else {
+        unreachable!("three members")
+    };
+    holder.agent.wait_until_ready().await?;
+    friend.agent.wait_until_ready().await?;
+    Cri::connect(&holder.node)
+        .await?
+        .pull_image(&images.app.by_tag)
+        .await?;
+    let layer = images.app.image.platforms[0].layers[0].blob.digest.clone();
+    let path = format!("/v2/e2e/app/blobs/{layer}");
+    eventually(
+        "the friend finding the layer through the holder",
+        || async { Ok(http::get(friend.agent.addr(), &path, "*/*").await?.status() == 200) },
+    )
+    .await?;
+
+    // The stranger's key garbles every handshake: no peer, nothing found.
+    let ready = http::get(stranger.agent.addr(), "/readyz", "*/*").await?;
+    ensure!(
+        ready.status() == 503,
+        "a node with another key is ready: {}\n{}",
+        ready.status(),
+        stranger.agent.log()
+    );
+    let found = http::get(stranger.agent.addr(), &path, "*/*").await?;
+    ensure!(
+        found.status() == 404,
+        "another cluster served {path}: {}",
+        found.status()
+    );
+    ensure!(stranger.agent.metric(&["reflektor_peers "]).await? == 0.0);
+
+    // Removing the image withdraws it on the holder and ends serving there.
+    let before = holder
+        .agent
+        .metric(&["reflektor_advertised_keys", "digest"])
+        .await?;
+    Cri::connect(&holder.node)
+        .await?
+        .remove_image(&images.app.by_tag)
+        .await?;
+    eventually("withdrawing the removed image", || async {
+        Ok(holder
+            .agent
+            .metric(&["reflektor_advertised_keys", "tag"])
+            .await?
+            == 0.0
+            && holder
+                .agent
+                .metric(&["reflektor_advertised_keys", "digest"])
+                .await?
+                < before)
+    })
+    .await?;
+    let gone = http::request(
+        holder.agent.addr(),
+        hyper::Method::GET,
+        &path,
+        &[("x-reflektor-forwarded", "1")],
+    )
+    .await?;
+    ensure!(
+        gone.status() == 404,
+        "the holder still serves {path}: {}",
+        gone.status()
+    );
+    stop(members).await
+}

@@ -253,13 +253,19 @@ fn header_value(value: &str) -> HeaderValue {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    let response = match state.store.ready().await {
-        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(error) => {
-            tracing::warn!(%error, "not ready");
+    let mut problem = state.store.ready().await.err().map(|e| e.to_string());
+    if problem.is_none()
+        && let Some(peers) = &state.peers
+    {
+        problem = peers.ready().await.err();
+    }
+    let response = match problem {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(problem) => {
+            tracing::debug!(%problem, "not ready");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: {error}\n"),
+                format!("not ready: {problem}\n"),
             )
                 .into_response()
         }

@@ -765,3 +765,27 @@ mod peers {
         stop.cancel();
     }
 }
+
+/// Readiness waits for what the node needs to be useful: with peer routing,
+/// a peer.
+#[tokio::test]
+async fn readyz_waits_for_peers() {
+    struct Lonely;
+    #[async_trait::async_trait]
+    impl Readiness for Lonely {
+        async fn ready(&self) -> Result<(), String> {
+            Err("no peers yet".to_owned())
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    write_layout(dir.path(), 1);
+    let app = router(Arc::new(AppState {
+        store: Arc::new(OciLayoutStore::open(dir.path()).await.unwrap()),
+        filter: Filter::default(),
+        mirror: None,
+        peers: Some(Arc::new(Lonely)),
+    }));
+    let answer = call(&app, Method::GET, "/readyz", None).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(&answer.body).contains("no peers yet"));
+}
