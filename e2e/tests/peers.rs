@@ -323,3 +323,49 @@ async fn a_different_psk_is_another_cluster_and_removed_images_are_withdrawn() -
     );
     stop(members).await
 }
+
+/// DNS bootstrap through the host's real resolver: `localhost` names both
+/// 127.0.0.1 and ::1, so two nodes listening on the same router port, one
+/// on each, find each other by the name alone, as pods behind a headless
+/// Service do.
+#[tokio::test]
+async fn two_nodes_bootstrapped_by_dns_pull_through_peers() -> Result<()> {
+    if !support::root_or_skip("dns bootstrap") {
+        return Ok(());
+    }
+    let v4 = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let v6 = IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
+    // One port free on both addresses: the name carries no port.
+    let port = (0..20)
+        .find_map(|_| {
+            let port = http::free_port(v4).ok()?.port();
+            std::net::TcpListener::bind((v6, port)).ok().map(|_| port)
+        })
+        .context("no port free on both 127.0.0.1 and ::1")?;
+    let reflektor = Reflektor::locate()?;
+    let mut images = images().await?;
+    let data = tempfile::tempdir()?;
+    let mut members = Vec::new();
+    for (ip, suite) in [(v4, Suite::Bookworm), (v6, Suite::Sid)] {
+        let build = support::build(suite).await?;
+        let node = ContainerdNode::start(&build, NodeConfig::new(format!("dns-{suite}"))).await?;
+        let peering = Peering {
+            router: std::net::SocketAddr::new(ip, port),
+            data_dir: data.path().join(suite.name()),
+            bootstrap: vec![
+                "--bootstrap-kind=dns".to_owned(),
+                "--dns-bootstrap-domain=localhost".to_owned(),
+            ],
+        };
+        let agent = reflektor
+            .start_peer(Backend::Containerd(&node), ip, peering)
+            .await?;
+        configure(&reflektor, &node, &agent, &images)?;
+        members.push(Member { node, agent });
+    }
+    for member in &mut members {
+        member.agent.wait_until_ready().await?;
+    }
+    pull_through_peers(&members, &mut images).await?;
+    stop(members).await
+}
