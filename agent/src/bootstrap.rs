@@ -212,7 +212,8 @@ pub async fn keep_connected(
     }
 }
 
-fn socket_multiaddr(addr: SocketAddr) -> Multiaddr {
+/// A TCP socket address as a multiaddr: `/ip4/…/tcp/…` or `/ip6/…/tcp/…`.
+pub fn socket_multiaddr(addr: SocketAddr) -> Multiaddr {
     let ip = match addr.ip() {
         std::net::IpAddr::V4(ip) => Protocol::Ip4(ip),
         std::net::IpAddr::V6(ip) => Protocol::Ip6(ip),

@@ -20,8 +20,22 @@ use prometheus_client::registry::Registry;
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: &'static str,
-    method: String,
+    method: &'static str,
     status: String,
+}
+
+/// Clients choose the method token; a label per token would let them grow
+/// the metric without bound.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "other",
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -55,7 +69,11 @@ pub struct Metrics {
     mirror_requests: Family<MirrorLabels, Counter>,
     resolve_duration: Histogram,
     peers: Gauge,
+    registries: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// Distinct registry labels kept on mirror metrics.
+const MAX_REGISTRY_LABELS: usize = 32;
 
 impl Metrics {
     pub fn new() -> Self {
@@ -117,6 +135,7 @@ impl Metrics {
             mirror_requests,
             resolve_duration,
             peers,
+            registries: Default::default(),
         }
     }
 
@@ -133,7 +152,7 @@ impl Metrics {
         self.requests
             .get_or_create(&RequestLabels {
                 route,
-                method: method.as_str().to_owned(),
+                method: method_label(method),
                 status: status.to_string(),
             })
             .inc();
@@ -150,13 +169,21 @@ impl Metrics {
     }
 
     /// One request for content this node lacks; `hit` when a peer had it.
+    /// Registries come from requests, so past [`MAX_REGISTRY_LABELS`]
+    /// distinct ones the rest are counted as `other`.
     pub fn mirror_request(&self, registry: &str, hit: bool) {
         let cache = if hit { "hit" } else { "miss" };
+        let registry = {
+            let mut seen = self.registries.lock().expect("label set poisoned");
+            if seen.contains(registry) || seen.len() < MAX_REGISTRY_LABELS {
+                seen.insert(registry.to_owned());
+                registry.to_owned()
+            } else {
+                "other".to_owned()
+            }
+        };
         self.mirror_requests
-            .get_or_create(&MirrorLabels {
-                registry: registry.to_owned(),
-                cache,
-            })
+            .get_or_create(&MirrorLabels { registry, cache })
             .inc();
     }
 

@@ -167,7 +167,11 @@ async fn start_peers(
         }
     };
     let listen = listen_addr(&args.router_addr, "--router-addr")?;
-    let mut config = RouterConfig::new(multiaddr(listen), args.data_dir.clone(), registry_port);
+    let mut config = RouterConfig::new(
+        bootstrap::socket_multiaddr(listen),
+        args.data_dir.clone(),
+        registry_port,
+    );
     if let Some(file) = &args.router_psk_file {
         config.psk = Some(read_psk(file)?);
     }
@@ -215,16 +219,6 @@ async fn count_peers(router: Router, metrics: Arc<Metrics>, shutdown: Cancellati
             _ = every.tick() => metrics.set_peers(router.routing_table_size().await),
         }
     }
-}
-
-fn multiaddr(addr: SocketAddr) -> Multiaddr {
-    let ip = match addr.ip() {
-        std::net::IpAddr::V4(ip) => libp2p::multiaddr::Protocol::Ip4(ip),
-        std::net::IpAddr::V6(ip) => libp2p::multiaddr::Protocol::Ip6(ip),
-    };
-    Multiaddr::empty()
-        .with(ip)
-        .with(libp2p::multiaddr::Protocol::Tcp(addr.port()))
 }
 
 /// Doctor's checks, as a gate: refuse what cannot work, warn about what

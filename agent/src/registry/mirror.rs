@@ -328,8 +328,15 @@ impl Resume {
         let Some(length) = self.length else {
             return Err(io::Error::other("cannot resume a body of unknown length"));
         };
-        let from = self.first + self.delivered;
-        let to = self.first + length - 1;
+        // A peer's Content-Range is not trusted to stay in range.
+        let (Some(from), Some(to)) = (
+            self.first.checked_add(self.delivered),
+            self.first
+                .checked_add(length)
+                .and_then(|end| end.checked_sub(1)),
+        ) else {
+            return Err(io::Error::other("a peer sent an impossible range"));
+        };
         while let Some(peer) = self.spare.pop_front() {
             let mut request = self.request.clone();
             request.peer = peer;

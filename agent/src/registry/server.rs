@@ -41,6 +41,10 @@ const MAX_HEADERS: usize = 64;
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an idle kept-alive connection is held open.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a client may leave the socket full before it counts as gone:
+/// a reader that stops must not hold a connection slot, a file and perhaps
+/// a peer's connection forever.
+const WRITE_STALL: Duration = Duration::from_secs(30);
 /// A bound on connections, so a flood cannot exhaust file descriptors.
 const MAX_CONNECTIONS: usize = 4096;
 /// One `sendfile` call moves at most this much; the kernel's own cap is
@@ -244,16 +248,16 @@ impl Connection {
         } else if let Some(send_file) = send_file {
             self.write_head(parts.status, &parts.headers).await?;
             self.send_file(&send_file).await?
-        } else if parts.headers.contains_key(header::CONTENT_LENGTH) {
+        } else if let Some(promised) = content_length(&parts.headers) {
             self.write_head(parts.status, &parts.headers).await?;
-            self.write_body(body).await?
+            self.write_body(body, promised).await?
         } else {
             let bytes = body.collect().await.map_err(io::Error::other)?.to_bytes();
             parts
                 .headers
                 .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
             self.write_head(parts.status, &parts.headers).await?;
-            self.stream.write_all(&bytes).await?;
+            self.write_all(&bytes).await?;
             bytes.len() as u64
         };
         Ok((route, status, sent, source))
@@ -277,20 +281,33 @@ impl Connection {
             head.extend_from_slice(b"\r\n");
         }
         head.extend_from_slice(b"\r\n");
-        self.stream.write_all(&head).await
+        self.write_all(&head).await
+    }
+
+    /// `write_all` that gives up on a client that stopped reading.
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        stalled(self.stream.write_all(bytes)).await
     }
 
     /// Streams a body as its frames arrive. The length was promised in the
     /// head, so an error midway must end the connection: a truncated
     /// response is the only honest signal left.
-    async fn write_body(&mut self, mut body: Body) -> io::Result<u64> {
+    async fn write_body(&mut self, mut body: Body, promised: u64) -> io::Result<u64> {
         let mut sent = 0;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(io::Error::other)?;
             if let Ok(data) = frame.into_data() {
-                self.stream.write_all(&data).await?;
+                self.write_all(&data).await?;
                 sent += data.len() as u64;
             }
+        }
+        if sent != promised {
+            // The client would wait for the rest, or read the next response
+            // as body bytes: closing is the only honest end.
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the body ended after {sent} of {promised} promised bytes"),
+            ));
         }
         Ok(sent)
     }
@@ -304,7 +321,7 @@ impl Connection {
             let want = usize::try_from(end - offset)
                 .unwrap_or(usize::MAX)
                 .min(SENDFILE_CHUNK);
-            self.stream.writable().await?;
+            stalled(self.stream.writable()).await?;
             let socket = self.stream.as_fd();
             let file = send_file.file.as_fd();
             match self.stream.try_io(Interest::WRITABLE, || {
@@ -339,7 +356,7 @@ impl Connection {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
         headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         self.write_head(status, &headers).await?;
-        self.stream.write_all(body.as_bytes()).await?;
+        self.write_all(body.as_bytes()).await?;
         self.metrics.record(
             "other",
             &Method::GET,
@@ -349,6 +366,22 @@ impl Connection {
         );
         self.stream.shutdown().await
     }
+}
+
+/// Waits for a write, up to [`WRITE_STALL`].
+async fn stalled<T>(write: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    tokio::time::timeout(WRITE_STALL, write)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading"))?
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// Turns a parsed head into a request for the router. A request that

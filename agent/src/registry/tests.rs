@@ -514,6 +514,44 @@ mod socket {
         assert_ne!(first.2, second.2);
     }
 
+    /// A body that ends before its promised length ends the connection,
+    /// so the client cannot mistake the next response for the rest.
+    #[tokio::test]
+    async fn a_short_body_closes_the_connection() {
+        let app = Router::new().route(
+            "/short",
+            axum::routing::get(|| async {
+                Response::builder()
+                    .header(header::CONTENT_LENGTH, 10)
+                    .body(Body::from("12345"))
+                    .unwrap()
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(server::serve(
+            listener,
+            app,
+            Arc::new(Metrics::new()),
+            stop.clone(),
+        ));
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /short HTTP/1.1\r\n\r\nGET /short HTTP/1.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut received = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received))
+            .await
+            .expect("the server closed the connection")
+            .unwrap();
+        let text = String::from_utf8_lossy(&received);
+        assert!(text.ends_with("12345"), "{text}");
+        assert_eq!(text.matches("HTTP/1.1").count(), 1, "{text}");
+        stop.cancel();
+    }
+
     /// Each case gets a 4xx with a JSON error body, never a 5xx or a hang.
     #[tokio::test]
     async fn hostile_requests_get_4xx() {

@@ -21,22 +21,23 @@ impl Containerd {
             .map(|kind| format!(r#"namespace=="{namespace}",topic~="^/{kind}/""#))
             .to_vec();
         let mut client = EventsClient::new(self.channel());
-        let stream = self
-            .call(
-                "Events Subscribe",
-                client.subscribe(SubscribeRequest { filters }),
-            )
-            .await?
-            .into_inner();
         let socket = self.socket().to_owned();
+        let failed = move |rpc: &'static str, status: tonic::Status| RuntimeError::Rpc {
+            path: socket.clone(),
+            rpc,
+            status: Box::new(status),
+        };
+        // No timeout: containerd answers a subscription only with its first
+        // event, which on a quiet node may be hours away.
+        let stream = client
+            .subscribe(SubscribeRequest { filters })
+            .await
+            .map_err(|status| failed("Events Subscribe", status))?
+            .into_inner();
         Ok(stream.map(move |envelope| {
             envelope
                 .map(|e| e.topic)
-                .map_err(|status| RuntimeError::Rpc {
-                    path: socket.clone(),
-                    rpc: "Events stream",
-                    status: Box::new(status),
-                })
+                .map_err(|status| failed("Events stream", status))
         }))
     }
 }

@@ -111,9 +111,14 @@ impl StateSync {
         };
         if !gone.is_empty() {
             self.advertiser
-                .withdraw(gone)
+                .withdraw(gone.clone())
                 .await
                 .map_err(|e| StoreError::backend("withdrawing keys from the router", e))?;
+            // Recorded at once, so a failed advertise below does not make
+            // the next walk withdraw these again.
+            for key in &gone {
+                self.advertised.remove(key);
+            }
         }
         if !new.is_empty() {
             self.advertiser

@@ -5,6 +5,7 @@
 //! not mount it), bytes come through the content service's `Read` instead.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -75,15 +76,19 @@ impl ContainerdStore {
     }
 
     async fn size(&self, digest: &Digest) -> Result<u64, StoreError> {
-        let info = ContentClient::new(self.channel())
-            .info(self.request(InfoRequest {
-                digest: digest.to_string(),
-            }))
-            .await
-            .map_err(|status| from_status(status, format!("blob {digest}"), "content Info"))?
-            .into_inner()
-            .info
-            .ok_or_else(|| StoreError::NotFound(format!("blob {digest}")))?;
+        let mut client = ContentClient::new(self.channel());
+        let request = self.request(InfoRequest {
+            digest: digest.to_string(),
+        });
+        let info = deadline(
+            client.info(request),
+            format!("blob {digest}"),
+            "content Info",
+        )
+        .await?
+        .into_inner()
+        .info
+        .ok_or_else(|| StoreError::NotFound(format!("blob {digest}")))?;
         u64::try_from(info.size).map_err(|e| StoreError::backend("reading a content size", e))
     }
 
@@ -94,15 +99,19 @@ impl ContainerdStore {
         range: ByteRange,
     ) -> Result<BoxStream<'static, std::io::Result<Bytes>>, StoreError> {
         let to_i64 = |n: u64| i64::try_from(n).map_err(|e| StoreError::backend("a range", e));
-        let stream = ContentClient::new(self.channel())
-            .read(self.request(ReadContentRequest {
-                digest: digest.to_string(),
-                offset: to_i64(range.start)?,
-                size: to_i64(range.len)?,
-            }))
-            .await
-            .map_err(|status| from_status(status, format!("blob {digest}"), "content Read"))?
-            .into_inner();
+        let mut client = ContentClient::new(self.channel());
+        let request = self.request(ReadContentRequest {
+            digest: digest.to_string(),
+            offset: to_i64(range.start)?,
+            size: to_i64(range.len)?,
+        });
+        let stream = deadline(
+            client.read(request),
+            format!("blob {digest}"),
+            "content Read",
+        )
+        .await?
+        .into_inner();
         Ok(stream
             .map_ok(|chunk| Bytes::from(chunk.data))
             .map_err(std::io::Error::other)
@@ -142,12 +151,14 @@ impl ContainerdStore {
     }
 
     async fn list(&self) -> Result<Vec<containerd_client::services::v1::Image>, StoreError> {
-        Ok(ImagesClient::new(self.channel())
-            .list(self.request(ListImagesRequest { filters: vec![] }))
-            .await
-            .map_err(|status| StoreError::backend("listing images", status))?
-            .into_inner()
-            .images)
+        let mut client = ImagesClient::new(self.channel());
+        let request = self.request(ListImagesRequest { filters: vec![] });
+        Ok(
+            deadline(client.list(request), "images".to_owned(), "images List")
+                .await?
+                .into_inner()
+                .images,
+        )
     }
 
     /// Walks every image: the fallback when a manifest was never seen
@@ -157,6 +168,24 @@ impl ContainerdStore {
             self.learn(image.target).await;
         }
         Ok(())
+    }
+}
+
+/// containerd answers in milliseconds; a wedged one must fail the request
+/// (a 503, so containerd on the pulling node moves on), not hang it.
+const RPC_DEADLINE: Duration = Duration::from_secs(10);
+
+async fn deadline<T>(
+    call: impl Future<Output = Result<T, Status>>,
+    what: String,
+    rpc: &str,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(RPC_DEADLINE, call).await {
+        Ok(result) => result.map_err(|status| from_status(status, what, rpc)),
+        Err(_) => Err(StoreError::backend(
+            format!("calling containerd {rpc} for {what}"),
+            "no answer within 10 s",
+        )),
     }
 }
 
@@ -177,12 +206,12 @@ impl ContentStore for ContainerdStore {
         tag: &Tag,
     ) -> Result<Digest, StoreError> {
         let reference = format!("{registry}/{name}:{tag}");
-        let image = ImagesClient::new(self.channel())
-            .get(self.request(GetImageRequest {
-                name: reference.clone(),
-            }))
-            .await
-            .map_err(|status| from_status(status, reference.clone(), "images Get"))?
+        let mut client = ImagesClient::new(self.channel());
+        let request = self.request(GetImageRequest {
+            name: reference.clone(),
+        });
+        let image = deadline(client.get(request), reference.clone(), "images Get")
+            .await?
             .into_inner()
             .image
             .ok_or_else(|| StoreError::NotFound(reference.clone()))?;

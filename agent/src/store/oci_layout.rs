@@ -109,12 +109,14 @@ impl OciLayoutStore {
     }
 }
 
-/// A full reference stays as it is; a bare tag becomes `:tag`.
+/// A full reference stays as it is; a bare tag becomes `:tag`, and so
+/// does the tag of a registry-less `name:tag`.
 fn tag_key(annotation: &str) -> String {
     if annotation.contains('/') {
         annotation.to_owned()
     } else {
-        format!(":{annotation}")
+        let tag = annotation.rsplit(':').next().unwrap_or(annotation);
+        format!(":{tag}")
     }
 }
 
