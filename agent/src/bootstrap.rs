@@ -110,8 +110,18 @@ impl Bootstrapper for HttpPeers {
     }
 }
 
-/// One GET with a deadline; bootstrap must not hang the agent.
+/// A peer list is a few lines; anything larger is not one.
+const MAX_ID_BODY: usize = 64 * 1024;
+
+/// One GET, body included, with a deadline: bootstrap must not hang the
+/// agent.
 async fn fetch(url: &str) -> Result<String, String> {
+    tokio::time::timeout(Duration::from_secs(5), fetch_unbounded(url))
+        .await
+        .map_err(|_| "no complete answer within 5 s".to_owned())?
+}
+
+async fn fetch_unbounded(url: &str) -> Result<String, String> {
     use http_body_util::{BodyExt, Empty};
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
@@ -123,18 +133,14 @@ async fn fetch(url: &str) -> Result<String, String> {
         return Err("only http:// URLs are supported; expected http://HOST:PORT/id".to_owned());
     }
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
-    let response = tokio::time::timeout(std::time::Duration::from_secs(5), client.get(uri))
-        .await
-        .map_err(|_| "no answer within 5 s".to_owned())?
-        .map_err(|e| e.to_string())?;
+    let response = client.get(uri).await.map_err(|e| e.to_string())?;
     if !response.status().is_success() {
         return Err(format!("status {}", response.status()));
     }
-    let body = response
-        .into_body()
+    let body = http_body_util::Limited::new(response.into_body(), MAX_ID_BODY)
         .collect()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{e} (a peer list is at most {MAX_ID_BODY} bytes)"))?
         .to_bytes();
     String::from_utf8(body.to_vec()).map_err(|_| "the body is not UTF-8".to_owned())
 }

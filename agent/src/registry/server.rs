@@ -37,7 +37,8 @@ use crate::store::ByteRange;
 /// few hundred bytes.
 const MAX_HEAD: usize = 16 * 1024;
 const MAX_HEADERS: usize = 64;
-/// How long a client may take to send a request head once it has started.
+/// How long a new connection may take to send its first request head;
+/// later heads get [`IDLE_TIMEOUT`], which covers the idle time before them.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an idle kept-alive connection is held open.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
