@@ -61,6 +61,31 @@ impl Reflektor {
         &self.bin
     }
 
+    /// Runs `reflektor configuration` so that `node`'s containerd asks
+    /// `agent` first for images of the `upstream` registry, as a DaemonSet's
+    /// init container would.
+    pub fn configure_mirror(
+        &self,
+        node: &ContainerdNode,
+        agent: &Agent,
+        upstream: SocketAddr,
+    ) -> Result<()> {
+        let output = self.run(|cmd| {
+            cmd.arg("configuration")
+                .arg("--containerd-registry-config-path")
+                .arg(node.certs_dir())
+                .arg(format!("--mirrored-registries=http://{upstream}"))
+                .arg(format!("--mirror-targets=http://{}", agent.addr()))
+        })?;
+        if !output.status.success() {
+            bail!(
+                "reflektor configuration failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// Runs doctor against a node, with the node's own config file and the
     /// registry config path reflektor would write to on that node.
     pub fn doctor(&self, node: &ContainerdNode, registry_config_path: &Path) -> Result<DoctorRun> {

@@ -218,21 +218,7 @@ async fn peer_pulls_through_the_agent(
 ) -> Result<()> {
     let build = support::build(suite).await?;
     let node = ContainerdNode::start(&build, NodeConfig::new(format!("peer-{suite}"))).await?;
-    let output = Command::new(reflektor.bin())
-        .arg("configuration")
-        .arg("--containerd-registry-config-path")
-        .arg(node.certs_dir())
-        .arg(format!(
-            "--mirrored-registries=http://{}",
-            images.upstream.addr()
-        ))
-        .arg(format!("--mirror-targets=http://{}", agent.addr()))
-        .output()?;
-    ensure!(
-        output.status.success(),
-        "reflektor configuration: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    reflektor.configure_mirror(&node, agent, images.upstream.addr())?;
     let cri = Cri::connect(&node).await?;
     let k8s = K8sNamespace::connect(&node).await?;
     let before = served_bytes(agent).await?;

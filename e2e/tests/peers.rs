@@ -6,7 +6,6 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
 use reflektor_e2e::agent::{self, Agent, Backend, Peering, Reflektor};
@@ -20,31 +19,6 @@ use reflektor_e2e::support::{self, eventually};
 struct Member {
     node: ContainerdNode,
     agent: Agent,
-}
-
-/// Points a node's containerd at its own agent for the upstream registry.
-fn configure(
-    reflektor: &Reflektor,
-    node: &ContainerdNode,
-    agent: &Agent,
-    images: &Images,
-) -> Result<()> {
-    let output = Command::new(reflektor.bin())
-        .arg("configuration")
-        .arg("--containerd-registry-config-path")
-        .arg(node.certs_dir())
-        .arg(format!(
-            "--mirrored-registries=http://{}",
-            images.upstream.addr()
-        ))
-        .arg(format!("--mirror-targets=http://{}", agent.addr()))
-        .output()?;
-    ensure!(
-        output.status.success(),
-        "reflektor configuration: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
 }
 
 /// Starts three members bootstrapped with `bootstrap(i, routers)`.
@@ -74,7 +48,7 @@ async fn cluster(
         let agent = reflektor
             .start_peer(Backend::Containerd(&node), ips[i], peering)
             .await?;
-        configure(reflektor, &node, &agent, images)?;
+        reflektor.configure_mirror(&node, &agent, images.upstream.addr())?;
         members.push(Member { node, agent });
     }
     for member in &mut members {
@@ -251,7 +225,7 @@ async fn a_different_psk_is_another_cluster_and_removed_images_are_withdrawn() -
         let agent = reflektor
             .start_peer(Backend::Containerd(&node), ips[i], peering)
             .await?;
-        configure(&reflektor, &node, &agent, &images)?;
+        reflektor.configure_mirror(&node, &agent, images.upstream.addr())?;
         members.push(Member { node, agent });
     }
     let [holder, friend, stranger] = &mut members[..] else {
@@ -360,7 +334,7 @@ async fn two_nodes_bootstrapped_by_dns_pull_through_peers() -> Result<()> {
         let agent = reflektor
             .start_peer(Backend::Containerd(&node), ip, peering)
             .await?;
-        configure(&reflektor, &node, &agent, &images)?;
+        reflektor.configure_mirror(&node, &agent, images.upstream.addr())?;
         members.push(Member { node, agent });
     }
     for member in &mut members {
