@@ -177,7 +177,17 @@ async fn start_peers(
     }
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("--data-dir {}: cannot create it", args.data_dir.display()))?;
-    let (router, _event_loop) = Router::start(config).await?;
+    let (router, event_loop) = Router::start(config).await?;
+    // A router that dies leaves a node that can neither advertise nor find
+    // anything: stop, so that the DaemonSet restarts the agent.
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let ended = event_loop.await;
+        if !stop.is_cancelled() {
+            tracing::error!(?ended, "the p2p router stopped unexpectedly; shutting down");
+            stop.cancel();
+        }
+    });
     tracing::info!(peer_id = %router.peer_id(), "router started");
     if let Some(addr) = &args.http_bootstrap_addr {
         let listener = bind(addr, "--http-bootstrap-addr").await?;

@@ -27,6 +27,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::io::ReaderStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::{Route, Source};
@@ -83,8 +84,12 @@ impl SendFile {
     }
 }
 
+/// How long open connections get to finish their responses at shutdown.
+const DRAIN: Duration = Duration::from_secs(10);
+
 /// Serves `app` on `listener` until `shutdown` is cancelled; connections
-/// already open finish their current response.
+/// already open then finish their current response (for up to [`DRAIN`])
+/// and close instead of waiting for another request.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
@@ -92,13 +97,14 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> io::Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let connections = TaskTracker::new();
     loop {
         let permit = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => break,
             permit = Arc::clone(&slots).acquire_owned() => permit.expect("never closed"),
         };
         let (stream, peer) = tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -109,15 +115,26 @@ pub async fn serve(
                 }
             },
         };
-        let app = app.clone();
-        let metrics = Arc::clone(&metrics);
-        tokio::spawn(async move {
-            if let Err(error) = Connection::new(stream, app, metrics).run().await {
+        let connection =
+            Connection::new(stream, app.clone(), Arc::clone(&metrics), shutdown.clone());
+        connections.spawn(async move {
+            if let Err(error) = connection.run().await {
                 tracing::debug!(%peer, %error, "connection ended");
             }
             drop(permit);
         });
     }
+    connections.close();
+    if tokio::time::timeout(DRAIN, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = connections.len(),
+            "connections still busy at shutdown; cutting them"
+        );
+    }
+    Ok(())
 }
 
 struct Connection {
@@ -125,6 +142,7 @@ struct Connection {
     buffer: BytesMut,
     app: Router,
     metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
 }
 
 /// What reading a request head produced.
@@ -140,21 +158,32 @@ enum Head {
 }
 
 impl Connection {
-    fn new(stream: TcpStream, app: Router, metrics: Arc<Metrics>) -> Self {
+    fn new(
+        stream: TcpStream,
+        app: Router,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             stream,
             buffer: BytesMut::with_capacity(4096),
             app,
             metrics,
+            shutdown,
         }
     }
 
     async fn run(mut self) -> io::Result<()> {
         let mut patience = HEAD_TIMEOUT;
         loop {
-            let head = match tokio::time::timeout(patience, self.read_head()).await {
-                Ok(head) => head?,
-                Err(_) => return Ok(()),
+            let shutdown = self.shutdown.clone();
+            let head = tokio::select! {
+                // Between requests, a shutdown simply closes the connection.
+                () = shutdown.cancelled(), if self.buffer.is_empty() => return Ok(()),
+                head = tokio::time::timeout(patience, self.read_head()) => match head {
+                    Ok(head) => head?,
+                    Err(_) => return Ok(()),
+                },
             };
             patience = IDLE_TIMEOUT;
             let (request, keep_alive) = match head {
@@ -174,7 +203,7 @@ impl Connection {
             self.metrics.in_flight.dec();
             let (route, status, bytes, source) = result?;
             self.metrics.record(route, &method, status, bytes, source);
-            if !keep_alive {
+            if !keep_alive || self.shutdown.is_cancelled() {
                 return self.stream.shutdown().await;
             }
         }

@@ -33,7 +33,13 @@ pub struct ContainerdStore {
     namespace: MetadataValue<tonic::metadata::Ascii>,
     content_path: PathBuf,
     media_types: MediaTypes,
+    /// When every image was last walked for media types, so that requests
+    /// for digests that are not manifests cannot make every request a walk.
+    last_walk: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often a manifest miss may trigger a walk over every image.
+const WALK_INTERVAL: Duration = Duration::from_secs(5);
 
 impl ContainerdStore {
     /// `namespace` is where kubelet's images live: `k8s.io`.
@@ -53,6 +59,7 @@ impl ContainerdStore {
             namespace,
             content_path: content_path.to_owned(),
             media_types: MediaTypes::default(),
+            last_walk: std::sync::Mutex::new(None),
         })
     }
 
@@ -69,10 +76,7 @@ impl ContainerdStore {
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.content_path
-            .join("blobs")
-            .join(digest.algorithm().name())
-            .join(digest.hex())
+        super::blob_path(&self.content_path, digest)
     }
 
     async fn size(&self, digest: &Digest) -> Result<u64, StoreError> {
@@ -162,8 +166,17 @@ impl ContainerdStore {
     }
 
     /// Walks every image: the fallback when a manifest was never seen
-    /// through `resolve`, e.g. a pull by digest.
+    /// through `resolve`, e.g. a pull by digest. At most once per
+    /// [`WALK_INTERVAL`]; a miss in between stays a miss until then.
     async fn learn_all(&self) -> Result<(), StoreError> {
+        {
+            let mut last = self.last_walk.lock().expect("walk clock poisoned");
+            let now = std::time::Instant::now();
+            if last.is_some_and(|at| now.duration_since(at) < WALK_INTERVAL) {
+                return Ok(());
+            }
+            *last = Some(now);
+        }
         for image in self.list().await? {
             self.learn(image.target).await;
         }

@@ -28,6 +28,15 @@ pub struct Manifest {
     pub media_type: String,
 }
 
+/// Where a content-addressed directory (containerd's content store, an OCI
+/// layout) keeps a blob: `<root>/blobs/<alg>/<hex>`. Safe by construction:
+/// a digest's hex part is never anything but hex.
+fn blob_path(root: &std::path::Path, digest: &Digest) -> std::path::PathBuf {
+    root.join("blobs")
+        .join(digest.algorithm().name())
+        .join(digest.hex())
+}
+
 /// An image name and its target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {

@@ -71,10 +71,7 @@ impl OciLayoutStore {
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.root
-            .join("blobs")
-            .join(digest.algorithm().name())
-            .join(digest.hex())
+        super::blob_path(&self.root, digest)
     }
 
     async fn reload(&self) -> Result<(), StoreError> {
