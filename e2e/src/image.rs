@@ -144,6 +144,14 @@ impl TestImage {
             .iter()
             .find(|image| image.platform == *platform)
     }
+
+    /// A platform other than `platform`: in an index, the one a node on
+    /// `platform` never pulls.
+    pub fn other_than(&self, platform: &Platform) -> Option<&PlatformImage> {
+        self.platforms
+            .iter()
+            .find(|image| image.platform != *platform)
+    }
 }
 
 /// An OCI image layout directory being filled with test images.

@@ -153,9 +153,7 @@ async fn serves_pulled_content(agent: &Agent, images: &Images) -> Result<()> {
     let other = images
         .multi
         .image
-        .platforms
-        .iter()
-        .find(|p| p.platform != Platform::host().unwrap())
+        .other_than(&Platform::host()?)
         .context("a second platform")?;
     let (registry, repo, _) = parts(&images.multi);
     let path = format!(

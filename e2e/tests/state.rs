@@ -75,9 +75,7 @@ async fn follows_pulls_and_removals(suite: Suite) -> Result<()> {
     let other = images
         .multi
         .image
-        .platforms
-        .iter()
-        .find(|p| p.platform != Platform::host().unwrap())
+        .other_than(&Platform::host()?)
         .context("another platform")?;
     ensure!(!recorder.keys().contains(&other.manifest.digest));
 
