@@ -41,8 +41,23 @@ fn main() -> ExitCode {
     match runtime.block_on(cli::run(cli)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("reflektor: {error:#}");
+            eprintln!("reflektor: {}", report(&error));
             ExitCode::from(1)
         }
     }
+}
+
+/// The error and its causes on one line, each cause once. Many of our
+/// messages already quote their cause, so printing the whole chain with
+/// `{:#}` would repeat it ("address in use: address in use").
+fn report(error: &anyhow::Error) -> String {
+    let mut line = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
 }

@@ -3,10 +3,12 @@
 //! got, and loopback ports chosen at random so that parallel tests never
 //! collide.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use http_body_util::{BodyExt, Empty};
 use hyper::{Method, Request, Response, body::Bytes, header};
 use hyper_util::rt::TokioIo;
@@ -14,14 +16,46 @@ use hyper_util::rt::TokioIo;
 /// Each exchange, connection included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A port nobody listens on now on `ip`. The caller's server binds it a
-/// moment later, so callers retry if another process was quicker.
+/// A port nobody listens on now on `ip`, handed out once per process.
+///
+/// Ports come from below the kernel's ephemeral range. A port the kernel
+/// picked for `bind(0)` and we then released can be taken again by any
+/// outgoing connection before the agent binds it (CI saw exactly that); ports
+/// below the range are never picked for outgoing connections, and the set of
+/// ports already handed out keeps this process's parallel tests apart.
 pub fn free_port(ip: IpAddr) -> Result<SocketAddr> {
-    let listener = TcpListener::bind((ip, 0))
-        .with_context(|| format!("binding {ip}:0 to find a free port"))?;
-    listener
-        .local_addr()
-        .with_context(|| format!("reading the address of {ip}:0"))
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let (low, high) = fixed_port_range();
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..200 {
+        let port = rand::random_range(low..high);
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind((ip, port)).is_ok() {
+            handed_out.insert(port);
+            return Ok(SocketAddr::new(ip, port));
+        }
+    }
+    bail!("found no free port on {ip} in {low}..{high} after 200 tries; is something holding them?")
+}
+
+/// Ports the kernel never hands to outgoing connections: from 10000 up to
+/// the start of `ip_local_port_range`.
+fn fixed_port_range() -> (u16, u16) {
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    if ephemeral_start > 12000 {
+        (10000, ephemeral_start)
+    } else {
+        // A host that made the ephemeral range start low: use the ports above it.
+        (
+            ephemeral_start.max(1024).saturating_add(30000).min(60000),
+            65000,
+        )
+    }
 }
 
 /// Sends `method path` with `headers` and collects the whole response.

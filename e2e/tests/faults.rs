@@ -231,13 +231,18 @@ async fn agent_survives_a_containerd_restart_and_follows_the_new_one() -> Result
     fetch_blob(&other, &images.later, later_layer)
         .await
         .context("the other node fetching, through peers, a layer pulled after the restart")?;
-    ensure!(
-        other
-            .metric(&["reflektor_served_bytes_total", "source=\"peer\""])
-            .await?
-            > 0.0,
-        "the other node served nothing from peers"
-    );
+    // The agent counts a body's bytes once it has written them all, a moment
+    // after the client has read them.
+    eventually(
+        "the other node counting bytes served from peers",
+        || async {
+            Ok(other
+                .metric(&["reflektor_served_bytes_total", "source=\"peer\""])
+                .await?
+                > 0.0)
+        },
+    )
+    .await?;
 
     stop_agent(agent, "the restarted node").await?;
     stop_agent(other, "the other node").await?;

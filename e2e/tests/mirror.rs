@@ -20,7 +20,7 @@ use reflektor_e2e::http;
 use reflektor_e2e::image::Platform;
 use reflektor_e2e::node::{ContainerdNode, NodeConfig};
 use reflektor_e2e::scenario::{Images, images};
-use reflektor_e2e::support;
+use reflektor_e2e::support::{self, eventually};
 use reflektor_e2e::upstream::PushedImage;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -239,17 +239,20 @@ async fn peer_pulls_through_the_agent(
         "{suite}: {}",
         target.digest
     );
-    let after = served_bytes(agent).await?;
     let layers: u64 = images.app.image.platforms[0]
         .layers
         .iter()
         .map(|l| l.blob.size)
         .sum();
-    ensure!(
-        after - before >= layers,
-        "{suite}: the agent served {} bytes, less than the app's {layers} layer bytes",
-        after - before
-    );
+    // The agent counts a body's bytes once it has written them all, a moment
+    // after containerd has read them.
+    eventually("the agent counting the layers it served", || async {
+        Ok(served_bytes(agent).await? - before >= layers)
+    })
+    .await
+    .with_context(|| {
+        format!("{suite}: the agent served less than the app's {layers} layer bytes")
+    })?;
     node.stop().await
 }
 

@@ -101,19 +101,24 @@ async fn pull_through_peers(members: &[Member], images: &mut Images) -> Result<(
             .metric(&["reflektor_mirror_requests_total", "cache=\"hit\""])
             .await?;
         ensure!(hits > 0.0, "{suite}: the agent recorded no mirror hit");
-        let from_peers = member
-            .agent
-            .metric(&["reflektor_served_bytes_total", "source=\"peer\""])
-            .await?;
         let size: u64 = images.app.image.platforms[0]
             .layers
             .iter()
             .map(|l| l.blob.size)
             .sum();
-        ensure!(
-            from_peers >= size as f64,
-            "{suite}: {from_peers} bytes from peers, less than the {size} layer bytes"
-        );
+        // The agent counts a body's bytes once it has written them all, a
+        // moment after containerd has read them.
+        let from_peers = || {
+            member
+                .agent
+                .metric(&["reflektor_served_bytes_total", "source=\"peer\""])
+        };
+        eventually(
+            "the agent counting the bytes it fetched from peers",
+            || async { Ok(from_peers().await? >= size as f64) },
+        )
+        .await
+        .with_context(|| format!("{suite}: fewer bytes from peers than the {size} layer bytes"))?;
     }
     Ok(())
 }
