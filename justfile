@@ -1,16 +1,24 @@
-# reflektor: `just test` is what CI runs; `just e2e` is the release gate.
+# reflektor: `just demo` first; `just test` is the fast check; `just e2e` is the release gate; CI runs `just ci`.
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
 default: test
 
-# Format, lint, unit and snapshot tests, then real containerd builds from Debian (needs root).
+# Format, lint, unit and snapshot tests, then the integration tests against real containerd builds (needs root).
 test: lint build
     cargo test --workspace
 
-# The release gate: the doctor matrix over every Debian containerd build, as a table.
-e2e: build
-    cargo run -q -p reflektor-e2e -- matrix
+# The release gate: every cluster in fixtures/clusters, as a report in target/e2e (needs root).
+# Pass flags through, e.g. `just e2e --only mixed --filter node-loss`.
+e2e *args: build
+    cargo run -q -p reflektor-e2e -- matrix {{args}}
+
+# Three nodes (bookworm, trixie, sid) and an upstream: pulls through peers with the upstream offline.
+demo: build
+    cargo run -q -p reflektor-e2e -- demo
+
+# What CI runs.
+ci: test e2e
 
 # Build the agent binary that the end-to-end tests run.
 build:

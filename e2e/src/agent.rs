@@ -86,6 +86,24 @@ impl Reflektor {
         Ok(())
     }
 
+    /// Runs `reflektor cleanup` on `node`'s certs.d, as a DaemonSet's
+    /// pre-stop or an uninstall would.
+    pub fn cleanup(&self, node: &ContainerdNode) -> Result<()> {
+        let output = self.run(|cmd| {
+            cmd.arg("cleanup")
+                .arg("--containerd-registry-config-path")
+                .arg(node.certs_dir())
+        })?;
+        if !output.status.success() {
+            bail!(
+                "reflektor cleanup exited with {}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// Runs doctor against a node, with the node's own config file and the
     /// registry config path reflektor would write to on that node.
     pub fn doctor(&self, node: &ContainerdNode, registry_config_path: &Path) -> Result<DoctorRun> {

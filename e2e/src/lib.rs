@@ -2,12 +2,19 @@
 //! run as isolated nodes, and the real agent binary run against them.
 
 pub mod agent;
+pub mod cluster;
 pub mod cri;
-pub mod debian;
+pub mod demo;
 pub mod http;
 pub mod image;
 pub mod matrix;
 pub mod node;
+pub mod packages;
+pub mod report;
 pub mod scenario;
 pub mod support;
+pub mod throttle;
 pub mod upstream;
+
+/// The Debian source, at the path the tests have always used.
+pub use packages::debian;

@@ -1,22 +1,26 @@
 //! `reflektor-e2e`: the harness's command line.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use reflektor_e2e::agent::Reflektor;
-use reflektor_e2e::debian::Suite;
-use reflektor_e2e::matrix::{self, Outcome};
+use reflektor_e2e::cluster::{self, ClusterSpec};
+use reflektor_e2e::report::Column;
+use reflektor_e2e::{demo, matrix, packages};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "reflektor-e2e",
-    about = "Runs real containerd builds from Debian packages against the reflektor agent",
-    long_about = "Runs real containerd builds from Debian packages against the reflektor agent.\n\n\
-        Builds are fetched once with apt-get download (a private apt configuration; the \
-        system's is left alone) into $REFLEKTOR_E2E_CACHE, $XDG_CACHE_HOME/reflektor-e2e or \
-        ~/.cache/reflektor-e2e. Each node is a containerd with its own root, state, socket and \
-        config. Needs root."
+    version,
+    about = "Runs real containerd builds from distribution packages against the reflektor agent",
+    long_about = "Runs real containerd builds from distribution packages against the reflektor agent.\n\n\
+        Builds are fetched once (apt-get download with a private apt configuration, or an rpm \
+        repository over HTTPS; the system's package state is left alone) into \
+        $REFLEKTOR_E2E_CACHE, $XDG_CACHE_HOME/reflektor-e2e or ~/.cache/reflektor-e2e. Each \
+        node is a containerd with its own root, state, socket, config and 127.0.1.N address. \
+        Needs root. Everything started is stopped at the end, on failure and on Ctrl-C."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -25,65 +29,146 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run `reflektor doctor` against every Debian build and print the verdicts.
+    /// Run the release matrix and write the compatibility report.
     ///
-    /// Exit code 0 when every build got its expected verdict (bullseye's 1.4
-    /// refused as too old, the rest accepted with no failed check), 1 otherwise.
+    /// Every cluster file runs as a real cluster; each node gets a row and each
+    /// check a cell. Writes report.md, report.json, junit.xml and logs/<cluster>/<node>/
+    /// into --out. Exit code 0 when no gated check failed (an expected refusal and an
+    /// unavailable package source do not gate), 1 when one did, 2 on a usage or setup
+    /// error, 130 when interrupted.
     Matrix {
-        /// Only these suites (bullseye, bookworm, trixie, sid); repeatable.
-        #[arg(long = "suite", value_name = "SUITE")]
-        suites: Vec<Suite>,
-        /// Print the rows as JSON instead of tables.
-        #[arg(long)]
-        json: bool,
+        /// The directory of cluster files (*.toml), run in file name order.
+        #[arg(long, value_name = "DIR", default_value_os_t = cluster::default_cluster_dir())]
+        clusters: PathBuf,
+        /// Run only this cluster (by name); repeatable.
+        #[arg(long, value_name = "CLUSTER")]
+        only: Vec<String>,
+        /// Run only checks whose key contains this text (e.g. `by-digest`, `node-loss`,
+        /// `pull`); repeatable. Version, verdict, doctor and mirror config always run:
+        /// the others need them.
+        #[arg(long, value_name = "CHECK")]
+        filter: Vec<String>,
+        /// Where the report and logs go.
+        #[arg(long, value_name = "DIR", default_value_os_t = cluster::default_out_dir())]
+        out: PathBuf,
+    },
+    /// A three-node cluster (Debian bookworm, trixie, sid): one node pulls from the
+    /// upstream, the upstream goes offline, the other two pull through their peers.
+    Demo,
+    /// List the clusters and the checks that --only and --filter select from.
+    List {
+        #[arg(long, value_name = "DIR", default_value_os_t = cluster::default_cluster_dir())]
+        clusters: PathBuf,
     },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Cli::parse()).await {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("reflektor-e2e: {error:#}");
-            ExitCode::from(2)
+    let cli = Cli::parse();
+    tokio::select! {
+        result = run(cli) => match result {
+            Ok(code) => code,
+            Err(error) => {
+                eprintln!("reflektor-e2e: {error:#}");
+                ExitCode::from(2)
+            }
+        },
+        _ = tokio::signal::ctrl_c() => {
+            // Returning drops the run: every node, agent and registry it
+            // started is killed and its directory removed on the way out.
+            eprintln!("reflektor-e2e: interrupted; stopping everything this run started");
+            ExitCode::from(130)
         }
     }
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let Command::Matrix { suites, json } = cli.command;
-    let suites = if suites.is_empty() {
-        Suite::ALL.to_vec()
-    } else {
-        suites
-    };
-    let reflektor = Reflektor::locate()?;
-    let mut rows = Vec::new();
-    for suite in suites {
-        rows.push(matrix::run_suite(&reflektor, suite).await?);
-    }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
-        for row in &rows {
-            println!(
-                "doctor on Debian {} (containerd {}):\n{}",
-                row.suite, row.reported, row.doctor_table
-            );
+    match cli.command {
+        Command::List { clusters } => {
+            for spec in ClusterSpec::load_dir(&clusters)? {
+                let nodes: Vec<_> = spec
+                    .nodes
+                    .iter()
+                    .map(|n| format!("{} ({})", n.name, n.source))
+                    .collect();
+                println!("{:<12} {}", spec.name, nodes.join(", "));
+            }
+            let checks: Vec<_> = Column::ALL.iter().map(|c| c.key()).collect();
+            println!("\nchecks: {}", checks.join(", "));
+            Ok(ExitCode::SUCCESS)
         }
-        println!("{}", matrix::render(&rows));
+        Command::Demo => {
+            demo::run(&Reflektor::locate()?).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Matrix {
+            clusters,
+            only,
+            filter,
+            out,
+        } => {
+            let mut specs = ClusterSpec::load_dir(&clusters)?;
+            for name in &only {
+                if !specs.iter().any(|s| &s.name == name) {
+                    let known: Vec<_> = specs.iter().map(|s| s.name.as_str()).collect();
+                    bail!(
+                        "--only {name}: no such cluster in {}; known: {}",
+                        clusters.display(),
+                        known.join(", ")
+                    );
+                }
+            }
+            if !only.is_empty() {
+                specs.retain(|s| only.contains(&s.name));
+            }
+            for f in &filter {
+                if !Column::ALL.iter().any(|c| c.key().contains(f.as_str())) {
+                    let keys: Vec<_> = Column::ALL.iter().map(|c| c.key()).collect();
+                    bail!(
+                        "--filter {f}: matches no check; checks are {}",
+                        keys.join(", ")
+                    );
+                }
+            }
+            let options = matrix::Options {
+                clusters: specs,
+                filter,
+                out_dir: out.clone(),
+                cache: packages::default_cache_dir()?,
+            };
+            let report = matrix::run(&Reflektor::locate()?, &options).await?;
+            report.write(&out)?;
+            println!("{}", report.table());
+            let failures = report.failures();
+            let stopped = report.clusters_stopped();
+            for (row, column, cell) in &failures {
+                eprintln!(
+                    "FAIL {}/{} {}: {}",
+                    row.cluster,
+                    row.node,
+                    column.key(),
+                    cell.explanation()
+                );
+            }
+            eprintln!(
+                "report: {} (also report.json, junit.xml, logs/)",
+                out.join("report.md").display()
+            );
+            if failures.is_empty() && stopped.is_empty() {
+                eprintln!("matrix: no gated check failed");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!(
+                    "matrix: {} gated checks failed; clusters that stopped early: {}",
+                    failures.len(),
+                    if stopped.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        stopped.join(", ")
+                    }
+                );
+                Ok(ExitCode::from(1))
+            }
+        }
     }
-    let failed = rows.iter().filter(|r| r.outcome == Outcome::Fail).count();
-    if failed > 0 {
-        eprintln!(
-            "matrix: {failed} of {} builds did not get their expected verdict",
-            rows.len()
-        );
-        return Ok(ExitCode::from(1));
-    }
-    eprintln!(
-        "matrix: all {} builds got their expected verdict",
-        rows.len()
-    );
-    Ok(ExitCode::SUCCESS)
 }

@@ -32,7 +32,7 @@ use nix::{
 };
 use tempfile::TempDir;
 
-use crate::debian::ContainerdBuild;
+use crate::packages::ContainerdBuild;
 
 /// Any value but empty or `0` keeps node directories after stop.
 const KEEP_ENV: &str = "REFLEKTOR_E2E_KEEP";

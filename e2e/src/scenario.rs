@@ -1,10 +1,11 @@
 //! The standard test images on a fresh upstream, shared by the pull tests
 //! and the mirror tests so that both exercise the same content.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tempfile::TempDir;
 
-use crate::image::{LayerSpec, OciLayout, Platform};
+use crate::cluster::LARGE_LAYER_MIB;
+use crate::image::{LayerSpec, OciLayout, Platform, TestImage};
 use crate::upstream::{PushedImage, Upstream};
 
 const KIB: u64 = 1024;
@@ -57,4 +58,85 @@ pub async fn images() -> Result<Images> {
         later,
         layout: dir,
     })
+}
+
+/// The images the release matrix pulls, built once per run and pushed to
+/// each cluster's own upstream.
+pub struct Catalogue {
+    pub layout: OciLayout,
+    /// Small, pulled by tag.
+    pub app: TestImage,
+    /// Small, pulled by digest only.
+    pub pinned: TestImage,
+    /// Small, pulled from the upstream by one node only, after its
+    /// containerd restarted: any other node can only get it from that one.
+    pub later: TestImage,
+    /// An index over linux/amd64 and linux/arm64.
+    pub multi: TestImage,
+    /// One uncompressed layer of [`LARGE_LAYER_MIB`] MiB, when asked for.
+    pub large: Option<TestImage>,
+    _dir: TempDir,
+}
+
+impl Catalogue {
+    /// Builds the images into a fresh layout; blocking, and a few seconds
+    /// with the large image (256 MiB of seeded noise).
+    pub fn build(with_large: bool) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("reflektor-e2e-images-")
+            .tempdir_in(crate::node::work_parent())?;
+        let host = Platform::host()?;
+        let mut layout = OciLayout::create(dir.path(), SEED)?;
+        let app = layout.add_image(
+            "app-v1",
+            &host,
+            &[
+                LayerSpec::gzip(KIB),
+                LayerSpec::gzip(256 * KIB),
+                LayerSpec::gzip(3 * MIB),
+            ],
+        )?;
+        let pinned = layout.add_image("pinned-v1", &host, &[LayerSpec::gzip(MIB)])?;
+        let later = layout.add_image("later-v1", &host, &[LayerSpec::gzip(512 * KIB)])?;
+        let multi = layout.add_index(
+            "multi-v1",
+            &[Platform::linux("amd64"), Platform::linux("arm64")],
+            &[LayerSpec::gzip(64 * KIB), LayerSpec::gzip(MIB)],
+        )?;
+        let large = if with_large {
+            Some(layout.add_image(
+                "large-v1",
+                &host,
+                &[LayerSpec::uncompressed(LARGE_LAYER_MIB * MIB)],
+            )?)
+        } else {
+            None
+        };
+        Ok(Self {
+            layout,
+            app,
+            pinned,
+            later,
+            multi,
+            large,
+            _dir: dir,
+        })
+    }
+}
+
+/// Bytes of the layers a node on `platform` fetches for `image`.
+pub fn layer_bytes(image: &TestImage, platform: &Platform) -> Result<u64> {
+    let image = image
+        .platform(platform)
+        .with_context(|| format!("{} has no {platform:?} manifest", image.tag))?;
+    Ok(image.layers.iter().map(|l| l.blob.size).sum())
+}
+
+/// Digests a node holds once it pulled `image` for `platform`, and so
+/// advertises: the index if any, the manifest, the config and the layers.
+pub fn digests_held(image: &TestImage, platform: &Platform) -> Result<u64> {
+    let held = image
+        .platform(platform)
+        .with_context(|| format!("{} has no {platform:?} manifest", image.tag))?;
+    Ok(u64::from(image.is_index()) + 2 + held.layers.len() as u64)
 }

@@ -5,12 +5,13 @@ use std::time::Duration;
 
 use anyhow::{Result, ensure};
 
-use crate::debian::{self, ContainerdBuild, Suite};
+use crate::debian::Suite;
 use crate::node;
+use crate::packages::{ContainerdBuild, PackageSource, default_cache_dir};
 
 /// The suite's containerd from the shared cache, fetched on first use.
 pub async fn build(suite: Suite) -> Result<ContainerdBuild> {
-    tokio::task::spawn_blocking(move || debian::fetch(suite, &debian::default_cache_dir()?)).await?
+    tokio::task::spawn_blocking(move || Ok(suite.fetch(&default_cache_dir()?)?)).await?
 }
 
 /// Whether a test that starts containerd may run. Without root it fails

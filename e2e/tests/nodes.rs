@@ -7,8 +7,9 @@ use std::{fs, path::Path, process::Command};
 use anyhow::{Context, Result, ensure};
 use containerd_client::{Client, services::v1::PluginsRequest};
 use reflektor_e2e::{
-    debian::{Suite, major_minor},
+    debian::Suite,
     node::{self, ContainerdNode, NodeConfig, RegistryConfigPath},
+    packages::major_minor,
     support,
 };
 use toml::{Table, Value};

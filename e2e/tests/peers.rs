@@ -79,11 +79,11 @@ async fn pull_through_peers(members: &[Member], images: &mut Images) -> Result<(
     images.upstream.stop().await?;
     for member in &members[1..] {
         let cri = Cri::connect(&member.node).await?;
-        let suite = member.node.build().suite;
+        let source = &member.node.build().source;
         for reference in [&images.app.by_tag, &images.app.by_digest] {
             cri.pull_image(reference)
                 .await
-                .with_context(|| format!("{suite}: pulling {reference} through peers"))?;
+                .with_context(|| format!("{source}: pulling {reference} through peers"))?;
         }
         let image = K8sNamespace::connect(&member.node)
             .await?
@@ -93,14 +93,14 @@ async fn pull_through_peers(members: &[Member], images: &mut Images) -> Result<(
         let target = image.target.context("a target")?;
         ensure!(
             target.digest == images.app.image.target.digest,
-            "{suite}: {}",
+            "{source}: {}",
             target.digest
         );
         let hits = member
             .agent
             .metric(&["reflektor_mirror_requests_total", "cache=\"hit\""])
             .await?;
-        ensure!(hits > 0.0, "{suite}: the agent recorded no mirror hit");
+        ensure!(hits > 0.0, "{source}: the agent recorded no mirror hit");
         let size: u64 = images.app.image.platforms[0]
             .layers
             .iter()
@@ -118,7 +118,7 @@ async fn pull_through_peers(members: &[Member], images: &mut Images) -> Result<(
             || async { Ok(from_peers().await? >= size as f64) },
         )
         .await
-        .with_context(|| format!("{suite}: fewer bytes from peers than the {size} layer bytes"))?;
+        .with_context(|| format!("{source}: fewer bytes from peers than the {size} layer bytes"))?;
     }
     Ok(())
 }
