@@ -16,7 +16,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
@@ -74,6 +73,11 @@ pub struct NodeSpec {
     pub source: String,
     #[serde(default)]
     pub expect: Expect,
+    /// Whether a host that cannot reach this node's package source may skip
+    /// the cluster, reported as unavailable. Off by default: the gate must
+    /// not pass because Debian's archive was down.
+    #[serde(default)]
+    pub optional: bool,
 }
 
 /// A cluster as declared.
@@ -112,6 +116,7 @@ impl ClusterSpec {
             name: name.into(),
             source: source.into(),
             expect: Expect::Supported,
+            optional: false,
         });
         self
     }
@@ -121,6 +126,7 @@ impl ClusterSpec {
             name: name.into(),
             source: source.into(),
             expect: Expect::TooOld,
+            optional: false,
         });
         self
     }
@@ -141,8 +147,9 @@ impl ClusterSpec {
             format!(
                 "{origin} is not a cluster file; expected `name`, optional `description`, \
                  `images` (small, multi-arch, large), `faults` (containerd-restart, \
-                 upstream-offline, node-loss) and [[node]] tables with `name`, `source` and \
-                 optional `expect` (supported, too-old)"
+                 upstream-offline, node-loss) and [[node]] tables with `name`, `source`, \
+                 optional `expect` (supported, too-old) and optional `optional` (true lets a \
+                 host that cannot reach the node's package source skip the cluster)"
             )
         })?;
         spec.validate().with_context(|| format!("in {origin}"))?;
@@ -375,9 +382,7 @@ impl Member {
         let agent = self.agent()?;
         let before = agent.metric(&PEER_BYTES).await?;
         let cri = Cri::connect(self.node()?).await?;
-        let started = Instant::now();
         cri.pull_image(reference).await?;
-        let took = started.elapsed();
         let counted = || async { anyhow::Ok(agent.metric(&PEER_BYTES).await? - before) };
         let waited = eventually(
             "the agent counting the bytes it fetched from peers",
@@ -393,7 +398,7 @@ impl Member {
                 self.spec.name
             )
         })?;
-        Ok(Pulled { took, from_peers })
+        Ok(Pulled { from_peers })
     }
 
     /// SIGKILLs the agent and stops containerd: the node is gone.
@@ -464,10 +469,9 @@ pub const PEER_BYTES: [&str; 2] = ["reflektor_served_bytes_total", "source=\"pee
 /// `reflektor_served_bytes_total` of bodies this agent read from its own store.
 pub const LOCAL_BYTES: [&str; 2] = ["reflektor_served_bytes_total", "source=\"local\""];
 
-/// What a pull took, and how many bytes the node's agent fetched from peers.
+/// How many bytes the node's agent fetched from peers for a pull.
 #[derive(Debug, Clone, Copy)]
 pub struct Pulled {
-    pub took: Duration,
     pub from_peers: u64,
 }
 

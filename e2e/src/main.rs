@@ -44,7 +44,7 @@ enum Command {
         #[arg(long, value_name = "CLUSTER")]
         only: Vec<String>,
         /// Run only checks whose key contains this text (e.g. `by-digest`, `node-loss`,
-        /// `pull`); repeatable. Version, verdict, doctor and mirror config always run:
+        /// `by-`); repeatable. Version, verdict, doctor and mirror config always run:
         /// the others need them.
         #[arg(long, value_name = "CHECK")]
         filter: Vec<String>,

@@ -221,10 +221,6 @@ impl Row {
         }
     }
 
-    pub fn failed(&self) -> bool {
-        self.cells.values().any(Cell::is_failure)
-    }
-
     fn cell(&self, column: Column) -> Option<&Cell> {
         self.cells.get(&column)
     }
@@ -334,16 +330,16 @@ impl Report {
             self.seconds,
             rows,
             self.clusters.len(),
-            if failures.is_empty() {
-                "no gated check failed".to_owned()
-            } else {
-                format!("{} gated checks failed", failures.len())
+            match (failures.len(), self.clusters_stopped().len()) {
+                (0, 0) => "no gated check failed".to_owned(),
+                (failed, stopped) =>
+                    format!("{failed} gated checks failed, {stopped} clusters stopped early"),
             }
         );
         if !self.filter.is_empty() {
             let _ = writeln!(
                 md,
-                "Only these checks ran (`--filter`): {}.\n",
+                "Checks selected with `--filter` (setup checks always run): {}.\n",
                 self.filter.join(", ")
             );
         }
@@ -543,7 +539,10 @@ mod tests {
             "{table}"
         );
         let md = report.markdown();
-        assert!(md.contains("1 gated checks failed"), "{md}");
+        assert!(
+            md.contains("1 gated checks failed, 0 clusters stopped early"),
+            "{md}"
+        );
         assert!(md.contains("unavailable on this host"), "{md}");
         let junit = report.junit().unwrap();
         assert!(
