@@ -28,6 +28,19 @@ lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
 
-# criterion benchmarks.
-bench:
-    cargo bench -p reflektor-bench
+# The agent as users run it: the benchmarks measure this build.
+build-release:
+    cargo build --release -p reflektor --bin reflektor
+
+# criterion benchmarks: blob serving, the peer path, resolve latency, version parsing (needs root).
+bench *args: build-release
+    REFLEKTOR_BIN={{justfile_directory()}}/target/release/reflektor cargo bench -p reflektor-bench {{args}}
+
+# nginx, docker-registry and the agent over the same blob, side by side; writes target/bench/compare.* (needs root).
+bench-compare *args: build-release
+    bash .ci/deps --bench
+    REFLEKTOR_BIN={{justfile_directory()}}/target/release/reflektor cargo run -q --release -p reflektor-bench --bin bench-compare -- {{args}}
+
+# 3, 10 and 50 agents on loopback: findability, advertising 10 000 keys, resolve latency, RSS; writes target/bench/scale.*.
+bench-scale *args: build-release
+    REFLEKTOR_BIN={{justfile_directory()}}/target/release/reflektor cargo run -q --release -p reflektor-bench --bin bench-scale -- {{args}}

@@ -1,2 +1,11 @@
-//! Benchmarks for reflektor live in `benches/`; this library is empty until
-//! the side-by-side comparison runner needs shared code.
+//! Shared pieces of reflektor's benchmarks: the servers they start, the one
+//! client every server is fetched with, and what a process costs, read from
+//! `/proc` so that every server is measured the same way from outside.
+
+pub mod client;
+pub mod compare;
+pub mod layout;
+pub mod nginx;
+pub mod process;
+pub mod scale;
+pub mod stats;

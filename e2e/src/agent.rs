@@ -297,6 +297,11 @@ impl Agent {
         self.registry
     }
 
+    /// The agent's process: benchmarks read its cost from `/proc`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn metrics_addr(&self) -> SocketAddr {
         self.metrics
     }

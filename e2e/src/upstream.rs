@@ -134,6 +134,11 @@ impl Upstream {
     }
 
     /// `127.0.0.1:<port>`, which is also the registry host in image references.
+    /// The registry process, while it runs: benchmarks read its cost from `/proc`.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|registry| registry.child.id())
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

@@ -1,0 +1,85 @@
+//! Mirror resolve latency: a HEAD for a blob that only one agent holds,
+//! asked of another, which must find the holder through the DHT and ask it,
+//! with 3, 10 and 50 agents on loopback (release builds, from `just bench`).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use hyper::Method;
+use reflektor_bench::{client, layout};
+use reflektor_e2e::agent::{Backend, Peering, Reflektor};
+use reflektor_e2e::http::free_port;
+
+/// Every agent bootstraps from these first ones.
+const SEEDS: usize = 3;
+const KEYS: usize = 200;
+
+fn resolve(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let reflektor = Reflektor::locate().expect("the agent binary; run `just bench`");
+    let holding = tempfile::tempdir().expect("a temp dir");
+    let empty = tempfile::tempdir().expect("a temp dir");
+    let layers = layout::write_many(holding.path(), KEYS, "resolve").expect("a layout");
+    layout::write_many(empty.path(), 0, "empty").expect("an empty layout");
+    let mut group = c.benchmark_group("resolve");
+    for n in [3usize, 10, 50] {
+        let data = tempfile::tempdir().expect("a temp dir");
+        let ip = |i: usize| IpAddr::V4(Ipv4Addr::new(127, 0, 5, (i + 1) as u8));
+        let routers: Vec<_> = (0..n).map(|i| free_port(ip(i)).expect("a port")).collect();
+        let agents = rt.block_on(async {
+            let mut agents = Vec::new();
+            for i in 0..n {
+                let peers: Vec<String> = routers[..SEEDS]
+                    .iter()
+                    .enumerate()
+                    .filter(|(k, _)| *k != i)
+                    .map(|(_, r)| format!("/ip4/{}/tcp/{}", r.ip(), r.port()))
+                    .collect();
+                let peering = Peering {
+                    router: routers[i],
+                    data_dir: data.path().join(format!("agent-{i}")),
+                    bootstrap: vec![
+                        "--bootstrap-kind=static".to_owned(),
+                        format!("--static-bootstrap-peers={}", peers.join(",")),
+                    ],
+                };
+                let dir = if i == 0 { holding.path() } else { empty.path() };
+                agents.push(
+                    reflektor
+                        .start_peer(Backend::OciLayout(dir), ip(i), peering)
+                        .await
+                        .expect("an agent"),
+                );
+            }
+            for agent in &mut agents {
+                agent.wait_until_ready().await.expect("ready");
+            }
+            let holder = &agents[0];
+            reflektor_e2e::support::eventually("the holder advertising", || async {
+                Ok(holder
+                    .metric(&["reflektor_advertised_keys", "kind=\"digest\""])
+                    .await?
+                    >= (KEYS * layout::DIGESTS_PER_IMAGE) as f64)
+            })
+            .await
+            .expect("advertised");
+            agents
+        });
+        let next = AtomicUsize::new(0);
+        group.bench_function(BenchmarkId::from_parameter(n), |b| {
+            b.iter(|| {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let via = &agents[1 + i % (n - 1)];
+                let path = format!("/v2/bench/blobs/{}?ns=bench.example", layers[i % KEYS]);
+                rt.block_on(client::fetch(via.addr(), Method::HEAD, &path, None))
+                    .expect("a resolved HEAD")
+            })
+        });
+        drop(agents);
+    }
+    group.finish();
+}
+
+criterion_group!(benches, resolve);
+criterion_main!(benches);

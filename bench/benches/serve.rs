@@ -1,0 +1,111 @@
+//! Blob serving through the agent's real HTTP server, as a separate
+//! process (the release build `just bench` makes): whole and ranged GETs
+//! at 1 MiB, 64 MiB and 1 GiB from an agent's own OCI layout, and the same
+//! blobs proxied through a second agent (the peer path).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use hyper::Method;
+use reflektor_bench::client;
+use reflektor_e2e::agent::{self, Backend, Peering, Reflektor};
+use reflektor_e2e::http::free_port;
+use reflektor_e2e::image::{LayerSpec, OciLayout, Platform};
+
+const MIB: u64 = 1024 * 1024;
+const SIZES: [(&str, u64); 3] = [("1MiB", MIB), ("64MiB", 64 * MIB), ("1GiB", 1024 * MIB)];
+
+fn serve(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    let layout_dir = tempfile::tempdir().expect("a temp dir");
+    let empty_dir = tempfile::tempdir().expect("a temp dir");
+    let data = tempfile::tempdir().expect("a temp dir");
+    let host = Platform::host().expect("the host platform");
+    let mut layout = OciLayout::create(layout_dir.path(), 7).expect("a layout");
+    let blobs: Vec<(&str, u64, String)> = SIZES
+        .iter()
+        .map(|(name, size)| {
+            let image = layout
+                .add_image(
+                    &format!("blob-{name}"),
+                    &host,
+                    &[LayerSpec::uncompressed(*size)],
+                )
+                .expect("an image");
+            (
+                *name,
+                *size,
+                image.platforms[0].layers[0].blob.digest.clone(),
+            )
+        })
+        .collect();
+    reflektor_bench::layout::name_images(layout.dir()).expect("named images");
+    OciLayout::create(empty_dir.path(), 7).expect("an empty layout");
+
+    let reflektor = Reflektor::locate().expect("the agent binary; run `just bench`");
+    let ip = |n: u8| IpAddr::V4(Ipv4Addr::new(127, 0, 4, n));
+    let routers = [free_port(ip(1)).unwrap(), free_port(ip(2)).unwrap()];
+    let peering = |i: usize| Peering {
+        router: routers[i],
+        data_dir: data.path().join(format!("agent-{i}")),
+        bootstrap: agent::static_bootstrap(&routers, i),
+    };
+    let (holder, proxy) = rt.block_on(async {
+        let mut holder = reflektor
+            .start_peer(Backend::OciLayout(layout.dir()), ip(1), peering(0))
+            .await
+            .expect("the holding agent");
+        let mut proxy = reflektor
+            .start_peer(Backend::OciLayout(empty_dir.path()), ip(2), peering(1))
+            .await
+            .expect("the proxying agent");
+        holder.wait_until_ready().await.expect("holder ready");
+        proxy.wait_until_ready().await.expect("proxy ready");
+        reflektor_e2e::support::eventually("the holder advertising", || async {
+            Ok(holder
+                .metric(&["reflektor_advertised_keys", "kind=\"digest\""])
+                .await?
+                >= 3.0 * SIZES.len() as f64)
+        })
+        .await
+        .expect("advertised");
+        (holder, proxy)
+    });
+
+    for (group_name, agent) in [("serve/local", &holder), ("serve/peer", &proxy)] {
+        let mut group = c.benchmark_group(group_name);
+        group
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(10));
+        for (name, size, digest) in &blobs {
+            let path = format!("/v2/bench/blobs/{digest}?ns=bench.example");
+            group.throughput(Throughput::Bytes(*size));
+            group.bench_function(BenchmarkId::new("whole", name), |b| {
+                b.iter(|| {
+                    rt.block_on(client::fetch(agent.addr(), Method::GET, &path, None))
+                        .expect("a whole blob")
+                })
+            });
+            // The middle half: a resumed pull's shape.
+            let range = format!("bytes={}-{}", size / 4, size / 4 * 3 - 1);
+            group.throughput(Throughput::Bytes(size / 2));
+            group.bench_function(BenchmarkId::new("ranged", name), |b| {
+                b.iter(|| {
+                    rt.block_on(client::fetch(
+                        agent.addr(),
+                        Method::GET,
+                        &path,
+                        Some(&range),
+                    ))
+                    .expect("a ranged blob")
+                })
+            });
+        }
+        group.finish();
+    }
+    drop((holder, proxy));
+}
+
+criterion_group!(benches, serve);
+criterion_main!(benches);

@@ -1,0 +1,308 @@
+//! `bench-scale`: 3, 10 and 50 agents with OCI-layout stores on loopback,
+//! as release builds, and what grows with their number: how long a new key
+//! takes to be findable from every node, how long advertising 10 000 keys
+//! takes, resolve latency (p50, p99) and each agent's RSS idle and with the
+//! keys.
+//!
+//! Every agent bootstraps from the first three, as a DaemonSet would from a
+//! DNS name, not from a full list: that is what makes the DHT do the work.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::Parser;
+use hyper::Method;
+use rand::seq::IndexedRandom;
+use reflektor_bench::client;
+use reflektor_bench::layout::{self, DIGESTS_PER_IMAGE};
+use reflektor_bench::process;
+use reflektor_bench::scale::{Scale, ScaleReport};
+use reflektor_bench::stats::{Spread, percentile};
+use reflektor_e2e::agent::{Agent, Backend, Peering, Reflektor};
+use reflektor_e2e::http::free_port;
+
+const MIB: f64 = 1024.0 * 1024.0;
+const ADVERTISED_DIGESTS: [&str; 2] = ["reflektor_advertised_keys", "kind=\"digest\""];
+/// Agents every other one bootstraps from.
+const SEEDS: usize = 3;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bench-scale",
+    about = "Start 3, 10 and 50 agents on loopback and measure findability, advertising, resolve latency and RSS",
+    long_about = "Start clusters of agents (OCI-layout stores, release build) on 127.0.3.N and \
+        measure, per cluster size: the time from a new node advertising a key to every other \
+        node finding it; the time for one node to advertise 10 000 keys; resolve latency p50 and \
+        p99 (HEAD of a blob another node holds, through a random agent); each agent's RSS idle \
+        and with the keys. Writes scale.md and scale.json into --out."
+)]
+struct Args {
+    /// Cluster sizes, in order.
+    #[arg(long, value_delimiter = ',', default_values_t = [3, 10, 50])]
+    agents: Vec<usize>,
+    /// Keys (digests) the bulk node advertises.
+    #[arg(long, default_value_t = 10_000)]
+    keys: usize,
+    /// Resolve requests per cluster size.
+    #[arg(long, default_value_t = 300)]
+    lookups: usize,
+    #[arg(long, default_value_os_t = default_out())]
+    out: PathBuf,
+}
+
+fn default_out() -> PathBuf {
+    let bench = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    bench.parent().unwrap_or(bench).join("target/bench")
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tokio::select! {
+        result = run(args) => match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("bench-scale: {error:#}");
+                ExitCode::from(1)
+            }
+        },
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("bench-scale: interrupted; stopping every agent it started");
+            ExitCode::from(130)
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    ensure!(
+        args.agents.iter().all(|&n| (SEEDS..=250).contains(&n)),
+        "--agents {:?}: each size must be between {SEEDS} and 250",
+        args.agents
+    );
+    ensure!(
+        args.keys >= DIGESTS_PER_IMAGE && args.lookups > 0,
+        "--keys and --lookups must be positive"
+    );
+    let reflektor = Reflektor::locate()?;
+    let release = !reflektor.bin().to_string_lossy().contains("/debug/");
+    if !release {
+        eprintln!(
+            "bench-scale: WARNING: measuring a debug build; `just bench-scale` uses the release one"
+        );
+    }
+    let images = args.keys.div_ceil(DIGESTS_PER_IMAGE);
+    let bulk = tempfile::Builder::new()
+        .prefix("reflektor-scale-bulk-")
+        .tempdir()?;
+    let single = tempfile::Builder::new()
+        .prefix("reflektor-scale-new-")
+        .tempdir()?;
+    let empty = tempfile::Builder::new()
+        .prefix("reflektor-scale-empty-")
+        .tempdir()?;
+    let (bulk_layers, single_layers) = {
+        let (b, s, e) = (
+            bulk.path().to_owned(),
+            single.path().to_owned(),
+            empty.path().to_owned(),
+        );
+        tokio::task::spawn_blocking(move || {
+            layout::write_many(&e, 0, "empty")?;
+            anyhow::Ok((
+                layout::write_many(&b, images, "bulk")?,
+                layout::write_many(&s, 1, "new")?,
+            ))
+        })
+        .await??
+    };
+    let mut scales = Vec::new();
+    for &n in &args.agents {
+        progress(&format!("{n} agents"));
+        let scale = measure(
+            &reflektor,
+            n,
+            &args,
+            Layouts {
+                empty: empty.path().to_owned(),
+                single: single.path().to_owned(),
+                single_layer: single_layers[0].to_string(),
+                bulk: bulk.path().to_owned(),
+                bulk_layers: bulk_layers.iter().map(ToString::to_string).collect(),
+                bulk_keys: images * DIGESTS_PER_IMAGE,
+            },
+        )
+        .await
+        .with_context(|| format!("with {n} agents"))?;
+        progress(&format!("{n} agents: {scale:?}"));
+        scales.push(scale);
+    }
+    let report = ScaleReport {
+        release_build: release,
+        keys: images * DIGESTS_PER_IMAGE,
+        lookups: args.lookups,
+        scales,
+    };
+    report.write(&args.out)?;
+    println!("{}", report.markdown());
+    Ok(())
+}
+
+struct Layouts {
+    empty: PathBuf,
+    single: PathBuf,
+    single_layer: String,
+    bulk: PathBuf,
+    bulk_layers: Vec<String>,
+    bulk_keys: usize,
+}
+
+fn ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 3, (i + 1) as u8))
+}
+
+/// The flags that have agent `me` bootstrap from the seeds (the other seeds,
+/// for a seed).
+fn bootstrap(seeds: &[SocketAddr], me: Option<usize>) -> Vec<String> {
+    let peers: Vec<String> = seeds
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| Some(*i) != me)
+        .map(|(_, addr)| format!("/ip4/{}/tcp/{}", addr.ip(), addr.port()))
+        .collect();
+    vec![
+        "--bootstrap-kind=static".to_owned(),
+        format!("--static-bootstrap-peers={}", peers.join(",")),
+    ]
+}
+
+async fn measure(reflektor: &Reflektor, n: usize, args: &Args, layouts: Layouts) -> Result<Scale> {
+    let data = tempfile::Builder::new()
+        .prefix("reflektor-scale-data-")
+        .tempdir()?;
+    // n - 2 plain members, then the node with the new key, then the bulk node.
+    let routers: Vec<SocketAddr> = (0..n).map(|i| free_port(ip(i))).collect::<Result<_>>()?;
+    let seeds = &routers[..SEEDS];
+    let start = |i: usize, dir: PathBuf| {
+        let peering = Peering {
+            router: routers[i],
+            data_dir: data.path().join(format!("agent-{i}")),
+            bootstrap: bootstrap(seeds, (i < SEEDS).then_some(i)),
+        };
+        async move {
+            reflektor
+                .start_peer(Backend::OciLayout(&dir), ip(i), peering)
+                .await
+        }
+    };
+    let mut agents: Vec<Agent> = Vec::new();
+    for i in 0..n - 2 {
+        agents.push(start(i, layouts.empty.clone()).await?);
+    }
+    for agent in &mut agents {
+        agent.wait_until_ready().await?;
+    }
+    // Let routing tables settle before measuring memory at rest.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let idle: Vec<f64> = agents
+        .iter()
+        .map(|a| process::rss(a.pid()).map(|b| b as f64 / MIB))
+        .collect::<Result<_>>()?;
+
+    // A node joins holding a new key: from its advertising the key to every
+    // other node finding it.
+    let mut newcomer = start(n - 2, layouts.single.clone()).await?;
+    newcomer.wait_until_ready().await?;
+    wait_metric(&newcomer, DIGESTS_PER_IMAGE as f64, Duration::from_secs(60)).await?;
+    let advertised_at = Instant::now();
+    let path = blob_path(&layouts.single_layer);
+    let mut pending: Vec<SocketAddr> = agents.iter().map(Agent::addr).collect();
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for addr in pending {
+            let found = client::fetch(addr, Method::HEAD, &path, None).await.is_ok();
+            if !found {
+                still.push(addr);
+            }
+        }
+        pending = still;
+        if advertised_at.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "{} nodes still could not find the new key after 60 s",
+                pending.len()
+            );
+        }
+    }
+    let findable = advertised_at.elapsed();
+    agents.push(newcomer);
+
+    // The bulk node starts with every key: from its start to all advertised.
+    let started = Instant::now();
+    let mut bulk = start(n - 1, layouts.bulk.clone()).await?;
+    bulk.wait_until_ready().await?;
+    wait_metric(&bulk, layouts.bulk_keys as f64, Duration::from_secs(600)).await?;
+    let advertise_all = started.elapsed();
+    let bulk_rss = process::rss(bulk.pid())? as f64 / MIB;
+
+    // Resolve: a random node asked for a random key only the bulk node holds.
+    let mut rng = rand::rng();
+    let mut latencies = Vec::with_capacity(args.lookups);
+    for _ in 0..args.lookups {
+        let via = agents.choose(&mut rng).context("agents")?;
+        let key = layouts.bulk_layers.choose(&mut rng).context("keys")?;
+        let fetched = client::fetch(via.addr(), Method::HEAD, &blob_path(key), None)
+            .await
+            .with_context(|| format!("resolving {key} through {}", via.addr()))?;
+        latencies.push(fetched.took.as_secs_f64() * 1000.0);
+    }
+    let after: Vec<f64> = agents
+        .iter()
+        .map(|a| process::rss(a.pid()).map(|b| b as f64 / MIB))
+        .collect::<Result<_>>()?;
+    agents.push(bulk);
+    for agent in agents {
+        agent.stop().await?;
+    }
+    Ok(Scale {
+        agents: n,
+        findable_ms: findable.as_secs_f64() * 1000.0,
+        advertise_all_s: advertise_all.as_secs_f64(),
+        resolve_p50_ms: percentile(&latencies, 50.0).unwrap_or(f64::NAN),
+        resolve_p99_ms: percentile(&latencies, 99.0).unwrap_or(f64::NAN),
+        rss_idle_mib: spread(&idle),
+        rss_bulk_mib: bulk_rss,
+        rss_others_after_mib: spread(&after),
+    })
+}
+
+fn spread(values: &[f64]) -> Spread {
+    Spread::of(values).unwrap_or(Spread {
+        min: f64::NAN,
+        median: f64::NAN,
+        max: f64::NAN,
+    })
+}
+
+fn blob_path(digest: &str) -> String {
+    format!("/v2/bench/blobs/{digest}?ns=bench.example")
+}
+
+async fn wait_metric(agent: &Agent, at_least: f64, patience: Duration) -> Result<()> {
+    let deadline = Instant::now() + patience;
+    loop {
+        let value = agent.metric(&ADVERTISED_DIGESTS).await?;
+        if value >= at_least {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the agent advertised {value} digests of {at_least} within {patience:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn progress(line: &str) {
+    eprintln!("[bench-scale] {line}");
+}
