@@ -69,6 +69,7 @@ pub struct Metrics {
     mirror_requests: Family<MirrorLabels, Counter>,
     resolve_duration: Histogram,
     peers: Gauge,
+    announcements_pending: Gauge,
     registries: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
@@ -85,6 +86,7 @@ impl Metrics {
         let advertised = Family::<KindLabels, Gauge>::default();
         let mirror_requests = Family::<MirrorLabels, Counter>::default();
         let peers = Gauge::default();
+        let announcements_pending = Gauge::default();
         // 0.5 ms to ~4 s: a lookup answered from cache up to one that timed out.
         let resolve_duration = Histogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(0.0005, 2.0, 14),
@@ -125,6 +127,12 @@ impl Metrics {
             resolve_duration.clone(),
         );
         registry.register("peers", "Peers in this node's routing table", peers.clone());
+        registry.register(
+            "announcements_pending",
+            "Keys advertised here whose provider announcement has not gone out yet \
+             (queued, waiting for a peer, or in flight)",
+            announcements_pending.clone(),
+        );
         Self {
             registry,
             requests,
@@ -135,6 +143,7 @@ impl Metrics {
             mirror_requests,
             resolve_duration,
             peers,
+            announcements_pending,
             registries: Default::default(),
         }
     }
@@ -191,8 +200,12 @@ impl Metrics {
         self.resolve_duration.observe(duration.as_secs_f64());
     }
 
-    pub fn set_peers(&self, peers: usize) {
+    /// What the router reports: its routing table and the announcements
+    /// not yet out.
+    pub fn set_router(&self, peers: usize, announcements_pending: u64) {
         self.peers.set(i64::try_from(peers).unwrap_or(i64::MAX));
+        self.announcements_pending
+            .set(i64::try_from(announcements_pending).unwrap_or(i64::MAX));
     }
 
     /// What state sync advertises now.

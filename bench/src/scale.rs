@@ -26,6 +26,9 @@ pub struct Scale {
     pub advertise_all_s: f64,
     pub resolve_p50_ms: f64,
     pub resolve_p99_ms: f64,
+    /// Mean time the agents spent finding providers (their
+    /// `reflektor_resolve_duration_seconds`), a part of the latency above.
+    pub lookup_mean_ms: f64,
     /// RSS of the plain members after joining, before any key.
     pub rss_idle_mib: Spread,
     /// RSS of the node advertising every key.

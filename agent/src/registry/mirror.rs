@@ -111,20 +111,18 @@ impl Mirror {
             .as_ref()
             .map_or_else(|| "-".to_owned(), ToString::to_string);
         let started = Instant::now();
-        let providers = self
-            .lookup
-            .providers(&key, self.config.retries, self.config.resolve_timeout)
-            .await;
+        let mut providers = Providers::new(Arc::clone(&self.lookup), key.clone(), &self.config);
+        let first = providers.next().await;
         self.metrics.observe_resolve(started.elapsed());
-        let mut providers: VecDeque<SocketAddr> = providers.into();
-        if providers.is_empty() {
+        let Some(first) = first else {
             self.metrics.mirror_request(&registry, false);
             return Err(miss);
-        }
+        };
         let path = peer_path(target);
         let range = headers.get(header::RANGE).cloned();
         let accept = headers.get(header::ACCEPT).cloned();
-        while let Some(peer) = providers.pop_front() {
+        let mut next = Some(first);
+        while let Some(peer) = next.take() {
             let request = PeerRequest {
                 peer,
                 method: method.clone(),
@@ -136,10 +134,12 @@ impl Mirror {
                 Ok(response) if response.status().is_success() => response,
                 Ok(response) => {
                     tracing::debug!(%peer, status = %response.status(), %key, "peer refused");
+                    next = providers.next().await;
                     continue;
                 }
                 Err(error) => {
                     tracing::debug!(%peer, %error, %key, "peer failed");
+                    next = providers.next().await;
                     continue;
                 }
             };
@@ -189,7 +189,7 @@ impl Mirror {
         &self,
         request: PeerRequest,
         response: Response<Incoming>,
-        spare: VecDeque<SocketAddr>,
+        spare: Providers,
     ) -> Response<Body> {
         let (parts, body) = response.into_parts();
         let mut relayed = Response::builder().status(parts.status);
@@ -239,6 +239,66 @@ impl Source {
     }
 }
 
+/// The providers of one key, found as they are needed. The first lookup
+/// asks for one provider, so it returns as soon as the DHT names any,
+/// instead of waiting for the query to find `attempts` of them when fewer
+/// exist (which it cannot tell until the query ends: several milliseconds
+/// even on loopback). Only a failure, before the head or in the middle of
+/// a body, pays for one wider lookup.
+struct Providers {
+    lookup: Arc<dyn ProviderLookup>,
+    key: String,
+    /// Providers tried at most, over the request's whole life.
+    attempts: usize,
+    timeout: Duration,
+    tried: Vec<SocketAddr>,
+    found: VecDeque<SocketAddr>,
+    lookups: u8,
+}
+
+impl Providers {
+    fn new(lookup: Arc<dyn ProviderLookup>, key: String, config: &MirrorConfig) -> Self {
+        Self {
+            lookup,
+            key,
+            attempts: config.retries.max(1),
+            timeout: config.resolve_timeout,
+            tried: Vec::new(),
+            found: VecDeque::new(),
+            lookups: 0,
+        }
+    }
+
+    /// The next provider not tried yet, or `None` when the attempts are
+    /// spent or nobody else has the key.
+    async fn next(&mut self) -> Option<SocketAddr> {
+        while self.tried.len() < self.attempts {
+            if let Some(peer) = self.found.pop_front() {
+                if !self.tried.contains(&peer) {
+                    self.tried.push(peer);
+                    return Some(peer);
+                }
+                continue;
+            }
+            // One narrow lookup, then at most one wide one.
+            if self.lookups == 2 {
+                return None;
+            }
+            let limit = if self.lookups == 0 { 1 } else { self.attempts };
+            self.lookups += 1;
+            self.found = self
+                .lookup
+                .providers(&self.key, limit, self.timeout)
+                .await
+                .into();
+            if self.found.is_empty() {
+                return None;
+            }
+        }
+        None
+    }
+}
+
 /// One request to one peer; kept to repeat it at an offset against another.
 #[derive(Clone)]
 struct PeerRequest {
@@ -283,7 +343,7 @@ fn first_byte(status: &StatusCode, headers: &HeaderMap) -> u64 {
 struct Resume {
     client: Client<HttpConnector, Empty<Bytes>>,
     request: PeerRequest,
-    spare: VecDeque<SocketAddr>,
+    spare: Providers,
     body: Incoming,
     /// Offset in the blob of the body's first byte.
     first: u64,
@@ -337,7 +397,7 @@ impl Resume {
         ) else {
             return Err(io::Error::other("a peer sent an impossible range"));
         };
-        while let Some(peer) = self.spare.pop_front() {
+        while let Some(peer) = self.spare.next().await {
             let mut request = self.request.clone();
             request.peer = peer;
             request.range =
@@ -365,5 +425,66 @@ impl Resume {
         Err(io::Error::other(format!(
             "every provider failed before byte {from} of the body"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A test double for the router: `held` peers provide every key, and
+    /// each lookup's limit is recorded.
+    struct Counting {
+        held: Vec<SocketAddr>,
+        limits: Mutex<Vec<usize>>,
+    }
+
+    #[async_trait]
+    impl ProviderLookup for Counting {
+        async fn providers(&self, _: &str, limit: usize, _: Duration) -> Vec<SocketAddr> {
+            self.limits.lock().unwrap().push(limit);
+            self.held.iter().take(limit.max(1)).copied().collect()
+        }
+    }
+
+    fn providers(held: &[u16], retries: usize) -> (Arc<Counting>, Providers) {
+        let lookup = Arc::new(Counting {
+            held: held
+                .iter()
+                .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+                .collect(),
+            limits: Mutex::default(),
+        });
+        let config = MirrorConfig {
+            resolve_timeout: Duration::from_secs(1),
+            retries,
+            resolve_tags: true,
+        };
+        let providers = Providers::new(lookup.clone(), "sha256:k".to_owned(), &config);
+        (lookup, providers)
+    }
+
+    #[tokio::test]
+    async fn the_first_provider_needs_one_and_a_failure_widens_once() {
+        let (lookup, mut p) = providers(&[1, 2, 3, 4], 3);
+        assert_eq!(p.next().await.map(|a| a.port()), Some(1));
+        assert_eq!(*lookup.limits.lock().unwrap(), vec![1]);
+        assert_eq!(p.next().await.map(|a| a.port()), Some(2));
+        assert_eq!(p.next().await.map(|a| a.port()), Some(3));
+        assert_eq!(p.next().await, None, "three attempts in all");
+        assert_eq!(*lookup.limits.lock().unwrap(), vec![1, 3]);
+    }
+
+    #[tokio::test]
+    async fn nobody_or_nobody_else_ends_it() {
+        let (lookup, mut p) = providers(&[], 3);
+        assert_eq!(p.next().await, None);
+        assert_eq!(*lookup.limits.lock().unwrap(), vec![1]);
+        let (lookup, mut p) = providers(&[7], 3);
+        assert_eq!(p.next().await.map(|a| a.port()), Some(7));
+        assert_eq!(p.next().await, None, "only the peer already tried");
+        assert_eq!(*lookup.limits.lock().unwrap(), vec![1, 3]);
     }
 }

@@ -302,7 +302,17 @@ impl EventLoop {
     }
 
     /// Starts queued announcements while there is room.
+    ///
+    /// Not while the routing table is empty: an announcement would reach
+    /// nobody and finish at once, and the key would stay unfindable until
+    /// its republish slice came round, up to an interval later. That is the
+    /// usual start on a node that already holds images: the first walk
+    /// advertises before bootstrap has found a peer. The keys wait in the
+    /// queue, and go out once a peer is in the table.
     fn announce_queued(&mut self) {
+        if self.announce_queue.is_empty() || self.routing_table_is_empty() {
+            return;
+        }
         while self.announcing.len() < MAX_ANNOUNCING {
             let Some(key) = self.announce_queue.pop_front() else {
                 break;
@@ -319,6 +329,14 @@ impl EventLoop {
                 Err(error) => tracing::warn!(%error, "cannot renew a provider record"),
             }
         }
+    }
+
+    fn routing_table_is_empty(&mut self) -> bool {
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .all(|bucket| bucket.num_entries() == 0)
     }
 
     /// Queues the next slice of our keys for renewal.

@@ -131,6 +131,29 @@ async fn every_node_finds_the_ones_that_advertised_with_their_registry() {
     assert_eq!(a.stats().await.provided_keys, 2);
 }
 
+/// A node starts with content, as on a node that already has images: it
+/// advertises before bootstrap has found anyone. The announcement must wait
+/// for a peer rather than reach nobody and leave the key unfindable until
+/// its republish slice, up to 15 minutes later.
+#[tokio::test]
+async fn keys_advertised_before_any_peer_are_announced_once_one_joins() {
+    let a = Node::start(20, |_| {}).await;
+    a.router
+        .advertise(vec![DIGEST.into()])
+        .await
+        .expect("advertised");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        a.stats().await.announcements_started,
+        0,
+        "nobody to announce to"
+    );
+    let b = Node::start(21, |_| {}).await;
+    join(&[&a, &b]).await;
+    announced(&a, 1).await;
+    assert_eq!(b.find(DIGEST, 1).await, vec![a.provider(20)]);
+}
+
 #[tokio::test]
 async fn a_withdrawn_key_is_not_found_once_the_records_expire() {
     let short = |config: &mut RouterConfig| {

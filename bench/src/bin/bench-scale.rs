@@ -201,6 +201,9 @@ async fn measure(reflektor: &Reflektor, n: usize, args: &Args, layouts: Layouts)
     for i in 0..n - 2 {
         agents.push(start(i, layouts.empty.clone()).await?);
     }
+    // With three agents the seeds include the two started below, so
+    // readiness (a peer) is awaited only once the first of them runs.
+    let mut newcomer = start(n - 2, layouts.single.clone()).await?;
     for agent in &mut agents {
         agent.wait_until_ready().await?;
     }
@@ -211,9 +214,8 @@ async fn measure(reflektor: &Reflektor, n: usize, args: &Args, layouts: Layouts)
         .map(|a| process::rss(a.pid()).map(|b| b as f64 / MIB))
         .collect::<Result<_>>()?;
 
-    // A node joins holding a new key: from its advertising the key to every
-    // other node finding it.
-    let mut newcomer = start(n - 2, layouts.single.clone()).await?;
+    // A node that joined holding a key: from its having advertised the key
+    // to every other node finding it.
     newcomer.wait_until_ready().await?;
     wait_metric(&newcomer, DIGESTS_PER_IMAGE as f64, Duration::from_secs(60)).await?;
     let advertised_at = Instant::now();
@@ -243,6 +245,17 @@ async fn measure(reflektor: &Reflektor, n: usize, args: &Args, layouts: Layouts)
     let mut bulk = start(n - 1, layouts.bulk.clone()).await?;
     bulk.wait_until_ready().await?;
     wait_metric(&bulk, layouts.bulk_keys as f64, Duration::from_secs(600)).await?;
+    // Advertised here; now until every announcement is out. The gauge is
+    // refreshed each second, so wait for one refresh first.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while bulk.metric(&["reflektor_announcements_pending"]).await? > 0.0 {
+        ensure!(
+            Instant::now() < deadline,
+            "announcements still pending after 15 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let advertise_all = started.elapsed();
     let bulk_rss = process::rss(bulk.pid())? as f64 / MIB;
 
@@ -257,6 +270,21 @@ async fn measure(reflektor: &Reflektor, n: usize, args: &Args, layouts: Layouts)
             .with_context(|| format!("resolving {key} through {}", via.addr()))?;
         latencies.push(fetched.took.as_secs_f64() * 1000.0);
     }
+    // Of that latency, the part the agents spent finding the holder.
+    let (mut sum, mut count) = (0.0, 0.0);
+    for agent in &agents {
+        sum += agent
+            .metric(&["reflektor_resolve_duration_seconds_sum"])
+            .await?;
+        count += agent
+            .metric(&["reflektor_resolve_duration_seconds_count"])
+            .await?;
+    }
+    let lookup_mean_ms = if count > 0.0 {
+        sum / count * 1000.0
+    } else {
+        f64::NAN
+    };
     let after: Vec<f64> = agents
         .iter()
         .map(|a| process::rss(a.pid()).map(|b| b as f64 / MIB))
@@ -271,6 +299,7 @@ async fn measure(reflektor: &Reflektor, n: usize, args: &Args, layouts: Layouts)
         advertise_all_s: advertise_all.as_secs_f64(),
         resolve_p50_ms: percentile(&latencies, 50.0).unwrap_or(f64::NAN),
         resolve_p99_ms: percentile(&latencies, 99.0).unwrap_or(f64::NAN),
+        lookup_mean_ms,
         rss_idle_mib: spread(&idle),
         rss_bulk_mib: bulk_rss,
         rss_others_after_mib: spread(&after),
