@@ -213,6 +213,15 @@ async fn measure(reflektor: &Reflektor, n: usize, args: &Args, layouts: Layouts)
         .iter()
         .map(|a| process::rss(a.pid()).map(|b| b as f64 / MIB))
         .collect::<Result<_>>()?;
+    // What an idle agent costs: CPU over a few quiet seconds.
+    let cpu = |agents: &[Agent]| -> Result<f64> {
+        agents.iter().map(|a| process::cpu_seconds(a.pid())).sum()
+    };
+    let quiet = Duration::from_secs(5);
+    let before = cpu(&agents)?;
+    tokio::time::sleep(quiet).await;
+    let idle_cpu_percent =
+        (cpu(&agents)? - before) / quiet.as_secs_f64() / agents.len() as f64 * 100.0;
 
     // A node that joined holding a key: from its having advertised the key
     // to every other node finding it.
@@ -270,6 +279,13 @@ async fn measure(reflektor: &Reflektor, n: usize, args: &Args, layouts: Layouts)
             .with_context(|| format!("resolving {key} through {}", via.addr()))?;
         latencies.push(fetched.took.as_secs_f64() * 1000.0);
     }
+    // The floor: the same HEAD asked of the holder itself.
+    let mut direct = Vec::with_capacity(args.lookups);
+    for _ in 0..args.lookups {
+        let key = layouts.bulk_layers.choose(&mut rng).context("keys")?;
+        let fetched = client::fetch(bulk.addr(), Method::HEAD, &blob_path(key), None).await?;
+        direct.push(fetched.took.as_secs_f64() * 1000.0);
+    }
     // Of that latency, the part the agents spent finding the holder.
     let (mut sum, mut count) = (0.0, 0.0);
     for agent in &agents {
@@ -300,6 +316,8 @@ async fn measure(reflektor: &Reflektor, n: usize, args: &Args, layouts: Layouts)
         resolve_p50_ms: percentile(&latencies, 50.0).unwrap_or(f64::NAN),
         resolve_p99_ms: percentile(&latencies, 99.0).unwrap_or(f64::NAN),
         lookup_mean_ms,
+        local_p50_ms: percentile(&direct, 50.0).unwrap_or(f64::NAN),
+        idle_cpu_percent,
         rss_idle_mib: spread(&idle),
         rss_bulk_mib: bulk_rss,
         rss_others_after_mib: spread(&after),
