@@ -56,14 +56,13 @@ fn resolve(c: &mut Criterion) {
                 agent.wait_until_ready().await.expect("ready");
             }
             let holder = &agents[0];
-            reflektor_e2e::support::eventually("the holder advertising", || async {
-                Ok(holder
-                    .metric(&["reflektor_advertised_keys", "kind=\"digest\""])
-                    .await?
-                    >= (KEYS * layout::DIGESTS_PER_IMAGE) as f64)
-            })
+            reflektor_bench::announced::wait_announced(
+                holder,
+                KEYS * layout::DIGESTS_PER_IMAGE,
+                std::time::Duration::from_secs(120),
+            )
             .await
-            .expect("advertised");
+            .expect("announced");
             agents
         });
         let next = AtomicUsize::new(0);

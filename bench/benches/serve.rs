@@ -62,14 +62,13 @@ fn serve(c: &mut Criterion) {
             .expect("the proxying agent");
         holder.wait_until_ready().await.expect("holder ready");
         proxy.wait_until_ready().await.expect("proxy ready");
-        reflektor_e2e::support::eventually("the holder advertising", || async {
-            Ok(holder
-                .metric(&["reflektor_advertised_keys", "kind=\"digest\""])
-                .await?
-                >= 3.0 * SIZES.len() as f64)
-        })
+        reflektor_bench::announced::wait_announced(
+            &holder,
+            3 * SIZES.len(),
+            std::time::Duration::from_secs(120),
+        )
         .await
-        .expect("advertised");
+        .expect("announced");
         (holder, proxy)
     });
 

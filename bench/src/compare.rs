@@ -83,6 +83,8 @@ pub struct Report {
     pub release_build: bool,
     pub servers: Vec<ServerResult>,
     pub ratios: Vec<Ratio>,
+    /// `(server, perf report lines)`, with `--profile`.
+    pub profiles: Vec<(String, String)>,
 }
 
 fn spread(values: impl Iterator<Item = f64>) -> Spread {
@@ -167,6 +169,7 @@ impl Report {
             release_build,
             servers,
             ratios,
+            profiles: Vec::new(),
         })
     }
 
@@ -229,6 +232,13 @@ impl Report {
                 ratio.spread.max,
                 ratio.target,
                 if ratio.met { "yes" } else { "**no**" }
+            );
+        }
+        for (server, top) in &self.profiles {
+            let _ = writeln!(
+                md,
+                "\nWhere {server}'s CPU went over one fetch (`perf record -F 999`, symbols over \
+                 2% of samples):\n\n```\n{top}\n```"
             );
         }
         md

@@ -2,6 +2,7 @@
 //! client every server is fetched with, and what a process costs, read from
 //! `/proc` so that every server is measured the same way from outside.
 
+pub mod announced;
 pub mod client;
 pub mod compare;
 pub mod layout;

@@ -13,18 +13,18 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use hyper::Method;
+use reflektor_bench::announced::wait_announced;
 use reflektor_bench::client;
 use reflektor_bench::compare::{self, Report, Sample, ServerResult};
 use reflektor_bench::layout;
 use reflektor_bench::nginx::Nginx;
 use reflektor_bench::process;
-use reflektor_e2e::agent::{self, Agent, Backend, Peering, Reflektor};
+use reflektor_e2e::agent::{self, Backend, Peering, Reflektor};
 use reflektor_e2e::cri::Cri;
 use reflektor_e2e::http::free_port;
 use reflektor_e2e::image::{LayerSpec, OciLayout, Platform};
 use reflektor_e2e::node::{ContainerdNode, NodeConfig};
 use reflektor_e2e::packages;
-use reflektor_e2e::support::eventually;
 use reflektor_e2e::upstream::Upstream;
 
 const MIB: u64 = 1024 * 1024;
@@ -54,6 +54,10 @@ struct Args {
     /// Where the report goes.
     #[arg(long, default_value_os_t = default_out())]
     out: PathBuf,
+    /// After the rounds, fetch once more from the agent's local and peer
+    /// paths under `perf record` and add their top symbols to the report.
+    #[arg(long)]
+    profile: bool,
 }
 
 fn default_out() -> PathBuf {
@@ -175,7 +179,7 @@ async fn run(args: Args) -> Result<()> {
     let from_containerd = reflektor
         .start_registry(Backend::Containerd(&node), ip(4))
         .await?;
-    wait_advertised(&holder).await?;
+    wait_announced(&holder, 3, Duration::from_secs(60)).await?;
 
     let (registry, repo) = pushed
         .by_tag
@@ -245,7 +249,14 @@ async fn run(args: Args) -> Result<()> {
             peak_rss: peak,
         });
     }
-    let report = Report::new(args.size_mib, args.rounds, release, results)?;
+    let mut report = Report::new(args.size_mib, args.rounds, release, results)?;
+    if args.profile {
+        for server in servers.iter().filter(|s| s.name.starts_with("reflektor")) {
+            progress(&format!("profiling {}", server.name));
+            let top = profile(server, size, &args.out).await?;
+            report.profiles.push((server.name.to_owned(), top));
+        }
+    }
     report.write(&args.out)?;
     println!("{}", report.markdown());
     eprintln!(
@@ -282,14 +293,55 @@ async fn fetch_one(server: &Server, size: u64) -> Result<Sample> {
     })
 }
 
-async fn wait_advertised(holder: &Agent) -> Result<()> {
-    eventually("the holder advertising the blob", || async {
-        Ok(holder
-            .metric(&["reflektor_advertised_keys", "kind=\"digest\""])
-            .await?
-            >= 3.0)
-    })
-    .await
+/// One more fetch from `server` with `perf record` attached to its
+/// processes; returns the symbols that took at least 2% of the samples.
+async fn profile(server: &Server, size: u64, out: &std::path::Path) -> Result<String> {
+    std::fs::create_dir_all(out)?;
+    let slug: String = server
+        .name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let data = out.join(format!("perf-{slug}.data"));
+    let pids: Vec<String> = server.pids.iter().map(ToString::to_string).collect();
+    let mut perf = std::process::Command::new("perf")
+        .args(["record", "-F", "999", "-g", "-o"])
+        .arg(&data)
+        .args(["-p", &pids.join(",")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting perf record; install Debian's linux-perf")?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let fetched = fetch_one(server, size).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(perf.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )?;
+    perf.wait()?;
+    fetched?;
+    let report = std::process::Command::new("perf")
+        .arg("report")
+        .arg("-i")
+        .arg(&data)
+        .args([
+            "--stdio",
+            "--no-children",
+            "-g",
+            "none",
+            "--sort",
+            "comm,symbol",
+        ])
+        .args(["--percent-limit", "2"])
+        .output()
+        .context("running perf report")?;
+    let text = String::from_utf8_lossy(&report.stdout);
+    Ok(text
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 fn progress(line: &str) {

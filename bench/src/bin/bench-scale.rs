@@ -16,6 +16,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use hyper::Method;
 use rand::seq::IndexedRandom;
+use reflektor_bench::announced::wait_announced;
 use reflektor_bench::client;
 use reflektor_bench::layout::{self, DIGESTS_PER_IMAGE};
 use reflektor_bench::process;
@@ -25,7 +26,6 @@ use reflektor_e2e::agent::{Agent, Backend, Peering, Reflektor};
 use reflektor_e2e::http::free_port;
 
 const MIB: f64 = 1024.0 * 1024.0;
-const ADVERTISED_DIGESTS: [&str; 2] = ["reflektor_advertised_keys", "kind=\"digest\""];
 /// Agents every other one bootstraps from.
 const SEEDS: usize = 3;
 
@@ -226,7 +226,7 @@ async fn measure(reflektor: &Reflektor, n: usize, args: &Args, layouts: Layouts)
     // A node that joined holding a key: from its having advertised the key
     // to every other node finding it.
     newcomer.wait_until_ready().await?;
-    wait_metric(&newcomer, DIGESTS_PER_IMAGE as f64, Duration::from_secs(60)).await?;
+    wait_announced(&newcomer, DIGESTS_PER_IMAGE, Duration::from_secs(60)).await?;
     let advertised_at = Instant::now();
     let path = blob_path(&layouts.single_layer);
     let mut pending: Vec<SocketAddr> = agents.iter().map(Agent::addr).collect();
@@ -253,18 +253,7 @@ async fn measure(reflektor: &Reflektor, n: usize, args: &Args, layouts: Layouts)
     let started = Instant::now();
     let mut bulk = start(n - 1, layouts.bulk.clone()).await?;
     bulk.wait_until_ready().await?;
-    wait_metric(&bulk, layouts.bulk_keys as f64, Duration::from_secs(600)).await?;
-    // Advertised here; now until every announcement is out. The gauge is
-    // refreshed each second, so wait for one refresh first.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let deadline = Instant::now() + Duration::from_secs(900);
-    while bulk.metric(&["reflektor_announcements_pending"]).await? > 0.0 {
-        ensure!(
-            Instant::now() < deadline,
-            "announcements still pending after 15 minutes"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_announced(&bulk, layouts.bulk_keys, Duration::from_secs(900)).await?;
     let advertise_all = started.elapsed();
     let bulk_rss = process::rss(bulk.pid())? as f64 / MIB;
 
@@ -334,20 +323,6 @@ fn spread(values: &[f64]) -> Spread {
 
 fn blob_path(digest: &str) -> String {
     format!("/v2/bench/blobs/{digest}?ns=bench.example")
-}
-
-async fn wait_metric(agent: &Agent, at_least: f64, patience: Duration) -> Result<()> {
-    let deadline = Instant::now() + patience;
-    loop {
-        let value = agent.metric(&ADVERTISED_DIGESTS).await?;
-        if value >= at_least {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("the agent advertised {value} digests of {at_least} within {patience:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 fn progress(line: &str) {
