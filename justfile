@@ -39,7 +39,7 @@ bench *args: build-release
 # nginx, docker-registry and the agent over the same blob, side by side; writes target/bench/compare.* (needs root).
 bench-compare *args: build-release
     bash .ci/deps --bench
-    REFLEKTOR_BIN={{justfile_directory()}}/target/release/reflektor cargo run -q --release -p reflektor-bench --bin bench-compare -- {{args}}
+    REFLEKTOR_BIN={{justfile_directory()}}/target/release/reflektor cargo run -q --release -p reflektor-bench --bin bench-compare -- --profile {{args}}
 
 # 3, 10 and 50 agents on loopback: findability, advertising 10 000 keys, resolve latency, RSS; writes target/bench/scale.*.
 bench-scale *args: build-release

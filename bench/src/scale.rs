@@ -29,6 +29,9 @@ pub struct Scale {
     /// Mean time the agents spent finding providers (their
     /// `reflektor_resolve_duration_seconds`), a part of the latency above.
     pub lookup_mean_ms: f64,
+    /// Lookups that took longer than the agent's resolve timeout (20 ms)
+    /// and were answered 404, as containerd would see them.
+    pub misses: usize,
     /// p50 of the same HEAD asked of the holder itself: the HTTP floor.
     pub local_p50_ms: f64,
     /// Mean CPU of one plain member at rest, in percent of a core.
@@ -75,20 +78,21 @@ impl ScaleReport {
         );
         let _ = writeln!(
             md,
-            "| agents | new key findable from all (ms) | advertise {} keys (s) | resolve p50 (ms) | resolve p99 (ms) | of which DHT lookup, mean (ms) | same HEAD from the holder, p50 (ms) | idle CPU per agent (%) | RSS idle, median / max (MiB) | RSS with {} keys (MiB) | RSS of the others after, median / max (MiB) |",
+            "| agents | new key findable from all (ms) | advertise {} keys (s) | resolve p50 (ms) | resolve p99 (ms) | of which DHT lookup, mean (ms) | misses (> 20 ms, 404) | same HEAD from the holder, p50 (ms) | idle CPU per agent (%) | RSS idle, median / max (MiB) | RSS with {} keys (MiB) | RSS of the others after, median / max (MiB) |",
             self.keys, self.keys
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
         for s in &self.scales {
             let _ = writeln!(
                 md,
-                "| {} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} / {:.1} | {:.1} | {:.1} / {:.1} |",
+                "| {} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} | {} | {:.2} | {:.2} | {:.1} / {:.1} | {:.1} | {:.1} / {:.1} |",
                 s.agents,
                 s.findable_ms,
                 s.advertise_all_s,
                 s.resolve_p50_ms,
                 s.resolve_p99_ms,
                 s.lookup_mean_ms,
+                s.misses,
                 s.local_p50_ms,
                 s.idle_cpu_percent,
                 s.rss_idle_mib.median,
