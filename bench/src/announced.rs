@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use reflektor_e2e::agent::Agent;
+use reflektor_e2e::cluster::ADVERTISED_DIGESTS;
 
-const ADVERTISED_DIGESTS: [&str; 2] = ["reflektor_advertised_keys", "kind=\"digest\""];
 const PENDING: [&str; 1] = ["reflektor_announcements_pending"];
 
 /// Waits until `agent` advertises at least `digests` digests and has no

@@ -393,6 +393,16 @@ impl Agent {
 
     /// SIGTERM, as kubelet stops a pod; the agent must exit cleanly.
     pub async fn stop(mut self) -> Result<std::process::ExitStatus> {
+        self.terminate().await
+    }
+
+    /// [`Agent::stop`] that keeps the handle, so the log, shutdown lines
+    /// included, can still be read.
+    pub async fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        // Once reaped, the pid may belong to another process: never signal it.
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
         let deadline = Instant::now() + Duration::from_secs(10);

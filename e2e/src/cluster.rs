@@ -417,13 +417,15 @@ impl Member {
         Ok(())
     }
 
-    /// Stops the agent with SIGTERM, as kubelet does, keeping its log.
+    /// Stops the agent with SIGTERM, as kubelet does, keeping its log,
+    /// shutdown lines included.
     pub async fn stop_agent(&mut self) -> Result<Option<ExitStatus>> {
-        let Some(agent) = self.agent.take() else {
+        let Some(mut agent) = self.agent.take() else {
             return Ok(None);
         };
+        let status = agent.terminate().await;
         self.keep_agent_log(&agent);
-        agent.stop().await.map(Some)
+        status.map(Some)
     }
 
     fn keep_agent_log(&mut self, agent: &Agent) {
@@ -464,6 +466,8 @@ impl Member {
     }
 }
 
+/// `reflektor_advertised_keys` for digests: what a node has told the DHT it holds.
+pub const ADVERTISED_DIGESTS: [&str; 2] = ["reflektor_advertised_keys", "kind=\"digest\""];
 /// `reflektor_served_bytes_total` of bodies this agent fetched from peers.
 pub const PEER_BYTES: [&str; 2] = ["reflektor_served_bytes_total", "source=\"peer\""];
 /// `reflektor_served_bytes_total` of bodies this agent read from its own store.

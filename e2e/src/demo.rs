@@ -9,7 +9,9 @@ use anyhow::{Context, Result, bail};
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 
 use crate::agent::Reflektor;
-use crate::cluster::{self, Builds, ClusterSpec, ImageKind, LOCAL_BYTES, Member};
+use crate::cluster::{
+    self, ADVERTISED_DIGESTS, Builds, ClusterSpec, ImageKind, LOCAL_BYTES, Member,
+};
 use crate::image::Platform;
 use crate::matrix::{progress, verdict_name};
 use crate::scenario::{self, Catalogue};
@@ -116,10 +118,7 @@ pub async fn run(reflektor: &Reflektor) -> Result<()> {
         .sum::<Result<u64>>()?;
     let seed = members[0].agent()?;
     crate::support::eventually("the seed advertising its images", || async {
-        Ok(seed
-            .metric(&["reflektor_advertised_keys", "kind=\"digest\""])
-            .await?
-            >= held as f64)
+        Ok(seed.metric(&ADVERTISED_DIGESTS).await? >= held as f64)
     })
     .await?;
     upstream.stop().await?;

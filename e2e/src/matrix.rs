@@ -25,7 +25,8 @@ use tempfile::TempDir;
 
 use crate::agent::{Backend, Reflektor};
 use crate::cluster::{
-    self, Builds, ClusterSpec, Expect, Fault, ImageKind, LOCAL_BYTES, Member, PEER_BYTES,
+    self, ADVERTISED_DIGESTS, Builds, ClusterSpec, Expect, Fault, ImageKind, LOCAL_BYTES, Member,
+    PEER_BYTES,
 };
 use crate::image::{Platform, TestImage};
 use crate::report::{Cell, ClusterOutcome, ClusterResult, Column, Report, Row};
@@ -35,8 +36,6 @@ use crate::throttle::Throttle;
 use crate::upstream::{PushedImage, Upstream};
 
 const MIB: u64 = 1024 * 1024;
-/// `reflektor_advertised_keys` for digests.
-const ADVERTISED_DIGESTS: [&str; 2] = ["reflektor_advertised_keys", "kind=\"digest\""];
 const IN_FLIGHT: [&str; 1] = ["reflektor_http_requests_in_flight"];
 /// How much of the large layer the puller must have before its provider is
 /// lost: enough to be mid-transfer, far from the end.
@@ -191,7 +190,7 @@ async fn run_cluster(
             if let Some(error) = &error {
                 run.mark_rest_not_run(error);
             }
-            run.fill_roleless_cells();
+            run.fill_unrecorded();
             let outcome = error.map_or(ClusterOutcome::Ran, |error| ClusterOutcome::Failed {
                 error: format!("{error:#}"),
             });
@@ -307,6 +306,7 @@ impl Run<'_> {
                 roles.len()
             );
         };
+        self.record_roles(&roles, &pushed);
         self.seed(seed, &pushed).await?;
         for &puller in std::iter::once(&second).chain(&roles[3..]) {
             self.pull_small_images(puller, &pushed, "").await?;
@@ -341,6 +341,70 @@ impl Run<'_> {
         self.large_with_node_loss(third, [seed, second], &pushed)
             .await?;
         self.cleanup(&roles).await
+    }
+
+    /// The checks each role does not take part in, said once up front, so
+    /// that a check the scenario forgets to record shows as a failure, not
+    /// as "n/a" (see [`Run::fill_unrecorded`]).
+    fn record_roles(&mut self, roles: &[usize], pushed: &Pushed) {
+        let [seed, second, third, ..] = roles[..] else {
+            return;
+        };
+        let mut roleless = Vec::new();
+        for column in [
+            Column::UpstreamOffline,
+            Column::NodeLoss,
+            Column::ContainerdRestart,
+        ] {
+            roleless.push((
+                seed,
+                column,
+                "seeds from the upstream; the faults are others' roles",
+            ));
+        }
+        roleless.push((
+            second,
+            Column::UpstreamOffline,
+            "pulls while the upstream is up; the third node pulls with it offline",
+        ));
+        roleless.push((
+            second,
+            Column::NodeLoss,
+            "holds the large layer the third node pulls while a holder is lost",
+        ));
+        roleless.push((
+            third,
+            Column::ContainerdRestart,
+            "the second node's containerd is the one restarted",
+        ));
+        for &extra in &roles[3..] {
+            for column in [
+                Column::Large,
+                Column::UpstreamOffline,
+                Column::NodeLoss,
+                Column::ContainerdRestart,
+            ] {
+                roleless.push((extra, column, "pulls the small images through peers only"));
+            }
+        }
+        if pushed.multi.is_none() {
+            roleless.push((
+                seed,
+                Column::MultiArch,
+                "the cluster file lists no multi-arch image",
+            ));
+        }
+        if pushed.large.is_none() {
+            for node in [seed, second] {
+                roleless.push((node, Column::Large, "the cluster file lists no large image"));
+            }
+        }
+        for (i, column, reason) in roleless {
+            // A fault the cluster file does not declare already says so.
+            if !self.rows[i].cells.contains_key(&column) {
+                self.record(i, column, Cell::not_run("n/a", reason), None);
+            }
+        }
     }
 
     /// Starts the cluster's upstream and pushes the images it declares.
@@ -919,8 +983,13 @@ impl Run<'_> {
                 let certs = member.node()?.certs_dir().to_owned();
                 let upstream = run.upstream.as_ref().context("the upstream exists")?;
                 let dir = certs.join(upstream.addr().to_string());
-                let expected =
-                    BTreeMap::from([(dir.join("hosts.toml"), upstream.hosts_toml().into_bytes())]);
+                let expected = BTreeMap::from([
+                    (dir.clone(), None),
+                    (
+                        dir.join("hosts.toml"),
+                        Some(upstream.hosts_toml().into_bytes()),
+                    ),
+                ]);
                 if let Some(status) = member.stop_agent().await? {
                     ensure!(status.success(), "the agent exited {status} on SIGTERM");
                 }
@@ -1085,8 +1154,8 @@ impl Run<'_> {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Cells a filter or a node's role left untouched.
-    fn fill_roleless_cells(&mut self) {
+    /// Cells left without a result: filtered out, or a harness bug.
+    fn fill_unrecorded(&mut self) {
         for (i, row) in self.rows.iter_mut().enumerate() {
             let name = &self.members[i].spec.name;
             for column in Column::ALL {
@@ -1094,7 +1163,13 @@ impl Run<'_> {
                     if !self.options.wants(column) {
                         Cell::not_run("filtered", "not selected by --filter")
                     } else {
-                        Cell::not_run("n/a", format!("{name} has no role in this check"))
+                        Cell::Fail {
+                            detail: format!(
+                                "the scenario recorded no result for {} on {name}: a harness \
+                                 bug, since every role's checks are recorded or said not to apply",
+                                column.key()
+                            ),
+                        }
                     }
                 });
             }
@@ -1114,23 +1189,26 @@ fn ingest_bytes(ingest: &Path) -> u64 {
         .sum()
 }
 
-/// Every file under `dir`, with its bytes.
-fn tree(dir: &Path) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
-    let mut files = BTreeMap::new();
+/// Everything under `dir`: each file with its bytes, each directory with
+/// `None`, so that a leftover empty directory (an empty `_backup/`, say)
+/// counts as a difference too.
+fn tree(dir: &Path) -> Result<BTreeMap<PathBuf, Option<Vec<u8>>>> {
+    let mut found = BTreeMap::new();
     let mut pending = vec![dir.to_owned()];
     while let Some(dir) = pending.pop() {
         for entry in fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))? {
             let path = entry?.path();
             if path.is_dir() {
+                found.insert(path.clone(), None);
                 pending.push(path);
             } else {
                 let bytes =
                     fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-                files.insert(path, bytes);
+                found.insert(path, Some(bytes));
             }
         }
     }
-    Ok(files)
+    Ok(found)
 }
 
 pub fn verdict_name(verdict: VerdictKind) -> String {

@@ -25,21 +25,27 @@ pub struct Images {
     pub layout: TempDir,
 }
 
+/// The small single-platform image every pull check starts with: three
+/// layers, from 1 KiB to a few MiB.
+fn add_app(layout: &mut OciLayout, host: &Platform) -> Result<TestImage> {
+    layout.add_image(
+        "app-v1",
+        host,
+        &[
+            LayerSpec::gzip(KIB),
+            LayerSpec::gzip(256 * KIB),
+            LayerSpec::gzip(3 * MIB),
+        ],
+    )
+}
+
 /// Builds the images, starts an upstream and pushes them to it.
 pub async fn images() -> Result<Images> {
     let upstream = Upstream::start().await?;
     let dir = tempfile::tempdir()?;
     let host = Platform::host()?;
     let mut layout = OciLayout::create(dir.path(), SEED)?;
-    let app = layout.add_image(
-        "app-v1",
-        &host,
-        &[
-            LayerSpec::gzip(KIB),
-            LayerSpec::gzip(256 * KIB),
-            LayerSpec::gzip(3 * MIB),
-        ],
-    )?;
+    let app = add_app(&mut layout, &host)?;
     let multi = layout.add_index(
         "multi-v1",
         &[Platform::linux("amd64"), Platform::linux("arm64")],
@@ -87,15 +93,7 @@ impl Catalogue {
             .tempdir_in(crate::node::work_parent())?;
         let host = Platform::host()?;
         let mut layout = OciLayout::create(dir.path(), SEED)?;
-        let app = layout.add_image(
-            "app-v1",
-            &host,
-            &[
-                LayerSpec::gzip(KIB),
-                LayerSpec::gzip(256 * KIB),
-                LayerSpec::gzip(3 * MIB),
-            ],
-        )?;
+        let app = add_app(&mut layout, &host)?;
         let pinned = layout.add_image("pinned-v1", &host, &[LayerSpec::gzip(MIB)])?;
         let later = layout.add_image("later-v1", &host, &[LayerSpec::gzip(512 * KIB)])?;
         let multi = layout.add_index(
