@@ -219,8 +219,6 @@ async fn start_peers(
     Ok(router)
 }
 
-/// Keeps the peer gauge current; the router is asked, not told, so this
-/// polls.
 /// Copies the router's figures into the metrics every second: cheap (one
 /// message to the router), and fresh enough to watch a node's announcements
 /// drain after start.
@@ -230,7 +228,11 @@ async fn export_router_stats(router: Router, metrics: Arc<Metrics>, shutdown: Ca
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = every.tick() => {
-                let Ok(stats) = router.stats().await else { return };
+                let Ok(stats) = router.stats().await else {
+                    tracing::warn!("the router stopped: reflektor_peers and \
+                        reflektor_announcements_pending keep their last values");
+                    return;
+                };
                 let in_flight = stats
                     .announcements_started
                     .saturating_sub(stats.announcements_finished);

@@ -16,7 +16,9 @@ const KEYS: usize = 200;
 
 fn resolve(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
-    let reflektor = Reflektor::locate().expect("the agent binary; run `just bench`");
+    let reflektor = Reflektor::locate()
+        .expect("the agent binary; run `just bench`")
+        .with_log_level("info");
     let holding = tempfile::tempdir().expect("a temp dir");
     let empty = tempfile::tempdir().expect("a temp dir");
     let layers = layout::write_many(holding.path(), KEYS, "resolve").expect("a layout");

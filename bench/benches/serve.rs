@@ -43,7 +43,9 @@ fn serve(c: &mut Criterion) {
     reflektor_bench::layout::name_images(layout.dir()).expect("named images");
     OciLayout::create(empty_dir.path(), 7).expect("an empty layout");
 
-    let reflektor = Reflektor::locate().expect("the agent binary; run `just bench`");
+    let reflektor = Reflektor::locate()
+        .expect("the agent binary; run `just bench`")
+        .with_log_level("info");
     let ip = |n: u8| IpAddr::V4(Ipv4Addr::new(127, 0, 4, n));
     let routers = [free_port(ip(1)).unwrap(), free_port(ip(2)).unwrap()];
     let peering = |i: usize| Peering {

@@ -20,7 +20,8 @@ pub const NGINX: &str = "nginx (sendfile)";
 pub const REGISTRY: &str = "docker-registry";
 pub const AGENT_LAYOUT: &str = "reflektor (OCI layout)";
 pub const AGENT_CONTAINERD: &str = "reflektor (containerd)";
-pub const AGENT_PEER: &str = "reflektor via a peer";
+/// Both agents' CPU and memory: the peer path costs the cluster both.
+pub const AGENT_PEER: &str = "reflektor via a peer (both agents)";
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 

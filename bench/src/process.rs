@@ -37,6 +37,13 @@ pub fn peak_rss(pid: u32) -> Result<u64> {
     status_kib(pid, "VmHWM:").map(|kib| kib * 1024)
 }
 
+/// Resets the peak RSS to the current RSS, so that `VmHWM` covers only
+/// what follows (e.g. serving, not the upload before it).
+pub fn reset_peak_rss(pid: u32) -> Result<()> {
+    let path = format!("/proc/{pid}/clear_refs");
+    fs::write(&path, "5").with_context(|| format!("writing 5 to {path}"))
+}
+
 /// Resident set size in bytes now (`VmRSS`).
 pub fn rss(pid: u32) -> Result<u64> {
     status_kib(pid, "VmRSS:").map(|kib| kib * 1024)

@@ -20,7 +20,8 @@ const RSS_TARGET_MIB: f64 = 40.0;
 #[derive(Debug, Clone, Serialize)]
 pub struct Scale {
     pub agents: usize,
-    /// From a new node advertising a key to every other node finding it.
+    /// From a new node's announcement of a key being out to every other
+    /// node, asked at once, answering a HEAD for it.
     pub findable_ms: f64,
     /// From the bulk node's start to all its keys advertised.
     pub advertise_all_s: f64,
@@ -78,7 +79,7 @@ impl ScaleReport {
         );
         let _ = writeln!(
             md,
-            "| agents | new key findable from all (ms) | advertise {} keys (s) | resolve p50 (ms) | resolve p99 (ms) | of which DHT lookup, mean (ms) | misses (> 20 ms, 404) | same HEAD from the holder, p50 (ms) | idle CPU per agent (%) | RSS idle, median / max (MiB) | RSS with {} keys (MiB) | RSS of the others after, median / max (MiB) |",
+            "| agents | new key found by all, after its announcement (ms) | advertise {} keys (s) | resolve p50 (ms) | resolve p99 (ms) | of which DHT lookup, mean (ms) | misses (> 20 ms, 404) | same HEAD from the holder, p50 (ms) | idle CPU per agent (%) | RSS idle, median / max (MiB) | RSS with {} keys (MiB) | RSS of the others after, median / max (MiB) |",
             self.keys, self.keys
         );
         let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");

@@ -15,9 +15,17 @@ impl Spread {
     pub fn of(values: &[f64]) -> Option<Self> {
         let mut sorted = values.to_vec();
         sorted.sort_by(|a, b| a.total_cmp(b));
+        let mid = sorted.len() / 2;
+        // Of an even count, the mean of the middle two: nearest rank would
+        // lean every target one way.
+        let median = if sorted.len().is_multiple_of(2) {
+            (sorted.get(mid.checked_sub(1)?)? + sorted.get(mid)?) / 2.0
+        } else {
+            *sorted.get(mid)?
+        };
         Some(Self {
             min: *sorted.first()?,
-            median: percentile_sorted(&sorted, 50.0)?,
+            median,
             max: *sorted.last()?,
         })
     }
@@ -47,6 +55,7 @@ mod tests {
         let s = Spread::of(&[3.0, 1.0, 2.0]).unwrap();
         assert_eq!((s.min, s.median, s.max), (1.0, 2.0, 3.0));
         assert!(Spread::of(&[]).is_none());
+        assert_eq!(Spread::of(&[4.0, 1.0, 2.0, 3.0]).unwrap().median, 2.5);
         let values: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!(percentile(&values, 50.0), Some(50.0));
         assert_eq!(percentile(&values, 99.0), Some(99.0));

@@ -20,6 +20,9 @@ const BIN_ENV: &str = "REFLEKTOR_BIN";
 #[derive(Debug, Clone)]
 pub struct Reflektor {
     bin: PathBuf,
+    /// `--log-level` of the agents it starts: `debug` for tests, whose
+    /// failures the logs explain; benchmarks measure with the default.
+    log_level: &'static str,
 }
 
 /// What `reflektor doctor --output json` exited with and printed.
@@ -41,7 +44,10 @@ impl Reflektor {
     /// `just e2e` build it first; a plain `cargo test` does not.
     pub fn locate() -> Result<Self> {
         if let Some(bin) = std::env::var_os(BIN_ENV) {
-            return Ok(Self { bin: bin.into() });
+            return Ok(Self {
+                bin: bin.into(),
+                log_level: "debug",
+            });
         }
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
@@ -54,7 +60,17 @@ impl Reflektor {
                 bin.display()
             );
         }
-        Ok(Self { bin })
+        Ok(Self {
+            bin,
+            log_level: "debug",
+        })
+    }
+
+    /// Agents started from now on log at `level` (e.g. `info`, as users run
+    /// them) instead of `debug`.
+    pub fn with_log_level(mut self, level: &'static str) -> Self {
+        self.log_level = level;
+        self
     }
 
     pub fn bin(&self) -> &Path {
@@ -247,7 +263,7 @@ impl Reflektor {
         cmd.arg("registry")
             .arg(format!("--registry-addr={registry}"))
             .arg(format!("--metrics-addr={metrics}"))
-            .arg("--log-level=debug")
+            .arg(format!("--log-level={}", self.log_level))
             .env_clear()
             // Plain text: colour escapes would split the `key=value` fields tests read.
             .env("NO_COLOR", "1")

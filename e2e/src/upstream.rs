@@ -133,12 +133,12 @@ impl Upstream {
         self.process.is_some()
     }
 
-    /// `127.0.0.1:<port>`, which is also the registry host in image references.
     /// The registry process, while it runs: benchmarks read its cost from `/proc`.
     pub fn pid(&self) -> Option<u32> {
         self.process.as_ref().map(|registry| registry.child.id())
     }
 
+    /// `127.0.0.1:<port>`, which is also the registry host in image references.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

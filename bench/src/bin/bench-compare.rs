@@ -95,7 +95,7 @@ async fn run(args: Args) -> Result<()> {
     if args.rounds == 0 || args.size_mib == 0 {
         bail!("--rounds and --size-mib must be at least 1");
     }
-    let reflektor = Reflektor::locate()?;
+    let reflektor = Reflektor::locate()?.with_log_level("info");
     let release = !reflektor.bin().to_string_lossy().contains("/debug/");
     if !release {
         eprintln!(
@@ -226,6 +226,10 @@ async fn run(args: Args) -> Result<()> {
     for server in &servers {
         fetch_one(server, size).await?;
     }
+    // Peak RSS from here on: serving, not pushing or pulling the blob.
+    for pid in servers.iter().flat_map(|s| &s.pids) {
+        process::reset_peak_rss(*pid)?;
+    }
     let mut samples: Vec<Vec<Sample>> = servers.iter().map(|_| Vec::new()).collect();
     for round in 0..args.rounds {
         // A different server goes first each round, so none always gets a
@@ -282,8 +286,9 @@ async fn fetch_one(server: &Server, size: u64) -> Result<Sample> {
     let fetched = client::fetch(server.addr, Method::GET, &server.path, None)
         .await
         .with_context(|| format!("fetching the blob from {}", server.name))?;
-    // The kernel charges a process's CPU time at tick granularity; let the
-    // last tick of the transfer land.
+    // The last bytes may still be in flight in the server's kernel work
+    // when the client has read them; let that be charged first. (CPU is
+    // counted in 10 ms ticks: about 2% of a 1 GiB fetch.)
     tokio::time::sleep(Duration::from_millis(20)).await;
     let after = cpu(&server.pids)?;
     if fetched.bytes != size {
@@ -317,10 +322,15 @@ async fn profile(server: &Server, size: u64, out: &std::path::Path) -> Result<St
         .context("starting perf record; install Debian's linux-perf")?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let fetched = fetch_one(server, size).await;
-    nix::sys::signal::kill(
+    // SIGINT makes perf write its data; if that fails, it must not outlive us.
+    if nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(perf.id() as i32),
         nix::sys::signal::Signal::SIGINT,
-    )?;
+    )
+    .is_err()
+    {
+        let _ = perf.kill();
+    }
     perf.wait()?;
     fetched?;
     let report = std::process::Command::new("perf")

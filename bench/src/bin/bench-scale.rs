@@ -86,7 +86,7 @@ async fn run(args: Args) -> Result<()> {
         args.keys >= DIGESTS_PER_IMAGE && args.lookups > 0,
         "--keys and --lookups must be positive"
     );
-    let reflektor = Reflektor::locate()?;
+    let reflektor = Reflektor::locate()?.with_log_level("info");
     let release = !reflektor.bin().to_string_lossy().contains("/debug/");
     if !release {
         eprintln!(
@@ -227,26 +227,33 @@ async fn measure(reflektor: &Reflektor, n: usize, args: &Args, layouts: Layouts)
     // to every other node finding it.
     newcomer.wait_until_ready().await?;
     wait_announced(&newcomer, DIGESTS_PER_IMAGE, Duration::from_secs(60)).await?;
-    let advertised_at = Instant::now();
+    // Every other node asks at once, round after round, until all have
+    // found it: the time to the last answer, not a sum of them.
+    let announced_at = Instant::now();
     let path = blob_path(&layouts.single_layer);
     let mut pending: Vec<SocketAddr> = agents.iter().map(Agent::addr).collect();
     while !pending.is_empty() {
-        let mut still = Vec::new();
+        let mut asks = tokio::task::JoinSet::new();
         for addr in pending {
-            let found = client::fetch(addr, Method::HEAD, &path, None).await.is_ok();
-            if !found {
+            let path = path.clone();
+            asks.spawn(async move { (addr, client::head(addr, &path).await) });
+        }
+        let mut still = Vec::new();
+        while let Some(answer) = asks.join_next().await {
+            let (addr, answer) = answer?;
+            if !matches!(answer, Ok((status, _)) if status.is_success()) {
                 still.push(addr);
             }
         }
         pending = still;
-        if advertised_at.elapsed() > Duration::from_secs(60) {
+        if announced_at.elapsed() > Duration::from_secs(60) {
             bail!(
-                "{} nodes still could not find the new key after 60 s",
+                "{} nodes still could not find the new key 60 s after it was announced",
                 pending.len()
             );
         }
     }
-    let findable = advertised_at.elapsed();
+    let findable = announced_at.elapsed();
     agents.push(newcomer);
 
     // The bulk node starts with every key: from its start to all advertised.
@@ -259,6 +266,7 @@ async fn measure(reflektor: &Reflektor, n: usize, args: &Args, layouts: Layouts)
 
     // Resolve: a random node asked for a random key only the bulk node holds.
     let mut rng = rand::rng();
+    let lookups_before = lookup_totals(&agents).await?;
     // A lookup that takes longer than --mirror-resolve-timeout (20 ms by
     // default, as Spegel's) is answered 404 so containerd moves on to the
     // upstream: counted as a miss, its latency kept.
@@ -284,18 +292,11 @@ async fn measure(reflektor: &Reflektor, n: usize, args: &Args, layouts: Layouts)
         let fetched = client::fetch(bulk.addr(), Method::HEAD, &blob_path(key), None).await?;
         direct.push(fetched.took.as_secs_f64() * 1000.0);
     }
-    // Of that latency, the part the agents spent finding the holder.
-    let (mut sum, mut count) = (0.0, 0.0);
-    for agent in &agents {
-        sum += agent
-            .metric(&["reflektor_resolve_duration_seconds_sum"])
-            .await?;
-        count += agent
-            .metric(&["reflektor_resolve_duration_seconds_count"])
-            .await?;
-    }
-    let lookup_mean_ms = if count > 0.0 {
-        sum / count * 1000.0
+    // Of that latency, the part the agents spent finding the holder: their
+    // lookup histograms over the resolves alone.
+    let lookups = lookup_totals(&agents).await?;
+    let lookup_mean_ms = if lookups.1 > lookups_before.1 {
+        (lookups.0 - lookups_before.0) / (lookups.1 - lookups_before.1) * 1000.0
     } else {
         f64::NAN
     };
@@ -321,6 +322,20 @@ async fn measure(reflektor: &Reflektor, n: usize, args: &Args, layouts: Layouts)
         rss_bulk_mib: bulk_rss,
         rss_others_after_mib: spread(&after),
     })
+}
+
+/// The sum (seconds) and count of every agent's lookup histogram.
+async fn lookup_totals(agents: &[Agent]) -> Result<(f64, f64)> {
+    let (mut sum, mut count) = (0.0, 0.0);
+    for agent in agents {
+        sum += agent
+            .metric(&["reflektor_resolve_duration_seconds_sum"])
+            .await?;
+        count += agent
+            .metric(&["reflektor_resolve_duration_seconds_count"])
+            .await?;
+    }
+    Ok((sum, count))
 }
 
 fn spread(values: &[f64]) -> Spread {
