@@ -6,8 +6,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use reflektor_bench::{client, layout};
-use reflektor_e2e::agent::{Backend, Peering, Reflektor};
+use hyper::Method;
+use reflektor_bench::layout;
+use reflektor_e2e::agent::{self, Backend, Peering, Reflektor};
 use reflektor_e2e::http::free_port;
 
 /// Every agent bootstraps from these first ones.
@@ -31,19 +32,10 @@ fn resolve(c: &mut Criterion) {
         let agents = rt.block_on(async {
             let mut agents = Vec::new();
             for i in 0..n {
-                let peers: Vec<String> = routers[..SEEDS]
-                    .iter()
-                    .enumerate()
-                    .filter(|(k, _)| *k != i)
-                    .map(|(_, r)| format!("/ip4/{}/tcp/{}", r.ip(), r.port()))
-                    .collect();
                 let peering = Peering {
                     router: routers[i],
                     data_dir: data.path().join(format!("agent-{i}")),
-                    bootstrap: vec![
-                        "--bootstrap-kind=static".to_owned(),
-                        format!("--static-bootstrap-peers={}", peers.join(",")),
-                    ],
+                    bootstrap: agent::static_bootstrap(&routers[..SEEDS], i),
                 };
                 let dir = if i == 0 { holding.path() } else { empty.path() };
                 agents.push(
@@ -74,8 +66,13 @@ fn resolve(c: &mut Criterion) {
                 let path = format!("/v2/bench/blobs/{}?ns=bench.example", layers[i % KEYS]);
                 // A 404 is a lookup past the 20 ms resolve timeout: part of
                 // the distribution, as containerd sees it.
-                rt.block_on(client::head(via.addr(), &path))
-                    .expect("an answered HEAD")
+                rt.block_on(reflektor_e2e::http::request(
+                    via.addr(),
+                    Method::HEAD,
+                    &path,
+                    &[],
+                ))
+                .expect("an answered HEAD")
             })
         });
         drop(agents);

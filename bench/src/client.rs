@@ -81,28 +81,3 @@ pub async fn fetch(
         took: started.elapsed(),
     })
 }
-
-/// HEADs `path` and returns the status and how long the answer took,
-/// whatever the status: a 404 is an outcome to count, not an error.
-pub async fn head(addr: SocketAddr, path: &str) -> Result<(StatusCode, Duration)> {
-    let started = Instant::now();
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    stream.set_nodelay(true)?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .with_context(|| format!("HTTP handshake with {addr}"))?;
-    let connection = tokio::spawn(connection);
-    let request = Request::builder()
-        .method(Method::HEAD)
-        .uri(path)
-        .header(header::HOST, addr.to_string())
-        .body(Empty::<Bytes>::new())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .with_context(|| format!("HEAD {path} on {addr}"))?;
-    connection.abort();
-    Ok((response.status(), started.elapsed()))
-}

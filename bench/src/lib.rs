@@ -8,5 +8,6 @@ pub mod compare;
 pub mod layout;
 pub mod nginx;
 pub mod process;
+pub mod runner;
 pub mod scale;
 pub mod stats;

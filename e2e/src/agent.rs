@@ -209,6 +209,7 @@ pub struct Peering {
 
 /// The bootstrap flags of member `me` of a cluster whose routers listen on
 /// `routers`: every other member listed, as a DaemonSet's static list would.
+/// A `me` past the end lists them all: a node that bootstraps from seeds.
 pub fn static_bootstrap(routers: &[SocketAddr], me: usize) -> Vec<String> {
     let others: Vec<String> = routers
         .iter()

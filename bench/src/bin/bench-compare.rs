@@ -19,7 +19,8 @@ use reflektor_bench::compare::{self, Report, Sample, ServerResult};
 use reflektor_bench::layout;
 use reflektor_bench::nginx::Nginx;
 use reflektor_bench::process;
-use reflektor_e2e::agent::{self, Backend, Peering, Reflektor};
+use reflektor_bench::runner;
+use reflektor_e2e::agent::{self, Backend, Peering};
 use reflektor_e2e::cri::Cri;
 use reflektor_e2e::http::free_port;
 use reflektor_e2e::image::{LayerSpec, OciLayout, Platform};
@@ -52,7 +53,7 @@ struct Args {
     #[arg(long, default_value_t = 7)]
     rounds: usize,
     /// Where the report goes.
-    #[arg(long, default_value_os_t = default_out())]
+    #[arg(long, default_value_os_t = runner::default_out_dir())]
     out: PathBuf,
     /// After the rounds, fetch once more from the agent's local and peer
     /// paths under `perf record` and add their top symbols to the report.
@@ -60,27 +61,10 @@ struct Args {
     profile: bool,
 }
 
-fn default_out() -> PathBuf {
-    let bench = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    bench.parent().unwrap_or(bench).join("target/bench")
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tokio::select! {
-        result = run(args) => match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("bench-compare: {error:#}");
-                ExitCode::from(1)
-            }
-        },
-        _ = tokio::signal::ctrl_c() => {
-            eprintln!("bench-compare: interrupted; stopping every server it started");
-            ExitCode::from(130)
-        }
-    }
+    runner::main("bench-compare", run(args)).await
 }
 
 /// A server under test: where to fetch the blob, and whose CPU to count.
@@ -95,15 +79,7 @@ async fn run(args: Args) -> Result<()> {
     if args.rounds == 0 || args.size_mib == 0 {
         bail!("--rounds and --size-mib must be at least 1");
     }
-    let reflektor = Reflektor::locate()?.with_log_level("info");
-    let release = !reflektor.bin().to_string_lossy().contains("/debug/");
-    if !release {
-        eprintln!(
-            "bench-compare: WARNING: measuring the debug build {}; `just bench-compare` \
-             builds and uses the release one",
-            reflektor.bin().display()
-        );
-    }
+    let (reflektor, release) = runner::agent("bench-compare")?;
     let noise = args.size_mib * MIB;
     progress(&format!("building a {} MiB blob", args.size_mib));
     let layout_dir = tempfile::Builder::new()
@@ -358,5 +334,5 @@ async fn profile(server: &Server, size: u64, out: &std::path::Path) -> Result<St
 }
 
 fn progress(line: &str) {
-    eprintln!("[bench-compare] {line}");
+    runner::progress("bench-compare", line);
 }

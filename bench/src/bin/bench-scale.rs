@@ -20,9 +20,10 @@ use reflektor_bench::announced::wait_announced;
 use reflektor_bench::client;
 use reflektor_bench::layout::{self, DIGESTS_PER_IMAGE};
 use reflektor_bench::process;
+use reflektor_bench::runner;
 use reflektor_bench::scale::{Scale, ScaleReport};
 use reflektor_bench::stats::{Spread, percentile};
-use reflektor_e2e::agent::{Agent, Backend, Peering, Reflektor};
+use reflektor_e2e::agent::{self, Agent, Backend, Peering, Reflektor};
 use reflektor_e2e::http::free_port;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -49,31 +50,14 @@ struct Args {
     /// Resolve requests per cluster size.
     #[arg(long, default_value_t = 300)]
     lookups: usize,
-    #[arg(long, default_value_os_t = default_out())]
+    #[arg(long, default_value_os_t = runner::default_out_dir())]
     out: PathBuf,
-}
-
-fn default_out() -> PathBuf {
-    let bench = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    bench.parent().unwrap_or(bench).join("target/bench")
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tokio::select! {
-        result = run(args) => match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(error) => {
-                eprintln!("bench-scale: {error:#}");
-                ExitCode::from(1)
-            }
-        },
-        _ = tokio::signal::ctrl_c() => {
-            eprintln!("bench-scale: interrupted; stopping every agent it started");
-            ExitCode::from(130)
-        }
-    }
+    runner::main("bench-scale", run(args)).await
 }
 
 async fn run(args: Args) -> Result<()> {
@@ -86,13 +70,7 @@ async fn run(args: Args) -> Result<()> {
         args.keys >= DIGESTS_PER_IMAGE && args.lookups > 0,
         "--keys and --lookups must be positive"
     );
-    let reflektor = Reflektor::locate()?.with_log_level("info");
-    let release = !reflektor.bin().to_string_lossy().contains("/debug/");
-    if !release {
-        eprintln!(
-            "bench-scale: WARNING: measuring a debug build; `just bench-scale` uses the release one"
-        );
-    }
+    let (reflektor, release) = runner::agent("bench-scale")?;
     let images = args.keys.div_ceil(DIGESTS_PER_IMAGE);
     let bulk = tempfile::Builder::new()
         .prefix("reflektor-scale-bulk-")
@@ -163,21 +141,6 @@ fn ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 3, (i + 1) as u8))
 }
 
-/// The flags that have agent `me` bootstrap from the seeds (the other seeds,
-/// for a seed).
-fn bootstrap(seeds: &[SocketAddr], me: Option<usize>) -> Vec<String> {
-    let peers: Vec<String> = seeds
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| Some(*i) != me)
-        .map(|(_, addr)| format!("/ip4/{}/tcp/{}", addr.ip(), addr.port()))
-        .collect();
-    vec![
-        "--bootstrap-kind=static".to_owned(),
-        format!("--static-bootstrap-peers={}", peers.join(",")),
-    ]
-}
-
 async fn measure(reflektor: &Reflektor, n: usize, args: &Args, layouts: Layouts) -> Result<Scale> {
     let data = tempfile::Builder::new()
         .prefix("reflektor-scale-data-")
@@ -189,7 +152,8 @@ async fn measure(reflektor: &Reflektor, n: usize, args: &Args, layouts: Layouts)
         let peering = Peering {
             router: routers[i],
             data_dir: data.path().join(format!("agent-{i}")),
-            bootstrap: bootstrap(seeds, (i < SEEDS).then_some(i)),
+            // Each bootstraps from the seeds (a seed from the other seeds).
+            bootstrap: agent::static_bootstrap(seeds, i),
         };
         async move {
             reflektor
@@ -236,7 +200,7 @@ async fn measure(reflektor: &Reflektor, n: usize, args: &Args, layouts: Layouts)
         let mut asks = tokio::task::JoinSet::new();
         for addr in pending {
             let path = path.clone();
-            asks.spawn(async move { (addr, client::head(addr, &path).await) });
+            asks.spawn(async move { (addr, head(addr, &path).await) });
         }
         let mut still = Vec::new();
         while let Some(answer) = asks.join_next().await {
@@ -275,7 +239,7 @@ async fn measure(reflektor: &Reflektor, n: usize, args: &Args, layouts: Layouts)
     for _ in 0..args.lookups {
         let via = agents.choose(&mut rng).context("agents")?;
         let key = layouts.bulk_layers.choose(&mut rng).context("keys")?;
-        let (status, took) = client::head(via.addr(), &blob_path(key))
+        let (status, took) = head(via.addr(), &blob_path(key))
             .await
             .with_context(|| format!("resolving {key} through {}", via.addr()))?;
         match status.as_u16() {
@@ -324,6 +288,14 @@ async fn measure(reflektor: &Reflektor, n: usize, args: &Args, layouts: Layouts)
     })
 }
 
+/// HEADs `path` and says how the agent answered and how long it took: a
+/// 404 is an outcome to count, not an error.
+async fn head(addr: SocketAddr, path: &str) -> Result<(hyper::StatusCode, Duration)> {
+    let started = Instant::now();
+    let response = reflektor_e2e::http::request(addr, Method::HEAD, path, &[]).await?;
+    Ok((response.status(), started.elapsed()))
+}
+
 /// The sum (seconds) and count of every agent's lookup histogram.
 async fn lookup_totals(agents: &[Agent]) -> Result<(f64, f64)> {
     let (mut sum, mut count) = (0.0, 0.0);
@@ -351,5 +323,5 @@ fn blob_path(digest: &str) -> String {
 }
 
 fn progress(line: &str) {
-    eprintln!("[bench-scale] {line}");
+    runner::progress("bench-scale", line);
 }
