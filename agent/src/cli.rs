@@ -1,19 +1,20 @@
-//! Command-line interface. Flag and environment variable names follow
-//! Spegel's, so that a Spegel DaemonSet can switch to reflektor without a
-//! rewrite.
+//! Command-line interface: argument definitions only; `cmd` runs them.
+//! Flag and environment variable names follow Spegel's, so that a Spegel
+//! DaemonSet can switch to reflektor without a rewrite.
+//!
+//! Every input that more than one command reads is declared once, in a
+//! struct the commands flatten, and parsed into one typed value: a DaemonSet
+//! sets the same environment for all its containers, and each must read it
+//! alike.
 
 use std::ffi::OsString;
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
-use serde::Serialize;
 
-use crate::doctor;
-use crate::mirror_config::{self, DialTimeout, MirrorRequest, MirrorTarget, Registry};
-use crate::version::{ContainerdPolicy, VerdictKind};
+use crate::duration::GoDuration;
+use crate::mirror_config::{DialTimeout, MirrorTarget, MirroredRegistry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -117,6 +118,20 @@ pub enum Output {
     Json,
 }
 
+/// Where reflektor writes `hosts.toml` files; read by every command that
+/// touches them.
+#[derive(Debug, Args)]
+pub struct RegistryConfigPathArgs {
+    /// Where reflektor writes hosts.toml mirror files; containerd's registry
+    /// config_path must include it.
+    #[arg(
+        long,
+        env = "CONTAINERD_REGISTRY_CONFIG_PATH",
+        default_value = "/etc/containerd/certs.d"
+    )]
+    pub containerd_registry_config_path: PathBuf,
+}
+
 /// Where containerd is and how it is set up; shared by doctor and registry.
 #[derive(Debug, Args)]
 pub struct ContainerdArgs {
@@ -136,23 +151,51 @@ pub struct ContainerdArgs {
     )]
     pub containerd_config: PathBuf,
 
-    /// Where reflektor writes hosts.toml mirror files; containerd's registry
-    /// config_path must include it.
-    #[arg(
-        long,
-        env = "CONTAINERD_REGISTRY_CONFIG_PATH",
-        default_value = "/etc/containerd/certs.d"
-    )]
-    pub containerd_registry_config_path: PathBuf,
+    #[command(flatten)]
+    pub registry_config_path: RegistryConfigPathArgs,
 }
 
-impl ContainerdArgs {
-    pub fn doctor_target(&self) -> doctor::Target {
-        doctor::Target {
-            containerd_sock: self.containerd_sock.clone(),
-            containerd_config: self.containerd_config.clone(),
-            registry_config_path: self.containerd_registry_config_path.clone(),
-        }
+/// What is mirrored, and how tags are treated: `configuration` writes it
+/// into hosts.toml and `registry` serves and advertises by it, from the
+/// same environment.
+#[derive(Debug, Args)]
+pub struct MirrorArgs {
+    /// Registries to mirror, such as https://docker.io or http://10.0.0.5:5000,
+    /// comma-separated or repeated. None (or empty), "_default" or "*" means
+    /// every registry.
+    #[arg(
+        long,
+        env = "MIRRORED_REGISTRIES",
+        value_name = "URL",
+        num_args = 1..,
+        value_delimiter = ',',
+        value_parser = MirroredRegistry::parse_item
+    )]
+    pub mirrored_registries: Vec<Option<MirroredRegistry>>,
+
+    /// Let mirrors resolve tags to digests: `configuration` gives mirror
+    /// hosts the resolve capability, and `registry` looks tags up on peers.
+    /// With --resolve-tags=false, tags are resolved by the upstream and
+    /// mirrors serve content by digest only.
+    #[arg(
+        long,
+        env = "RESOLVE_TAGS",
+        value_name = "BOOL",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "true",
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    pub resolve_tags: bool,
+}
+
+impl MirrorArgs {
+    /// The registries named, without the empty items a manifest uses to
+    /// say "none".
+    pub fn registries(&self) -> Vec<MirroredRegistry> {
+        self.mirrored_registries.iter().flatten().cloned().collect()
     }
 }
 
@@ -197,10 +240,8 @@ pub struct RegistryArgs {
     #[arg(long, env = "OCI_LAYOUT", value_name = "DIR")]
     pub oci_layout: Option<PathBuf>,
 
-    /// Registries to serve, e.g. https://docker.io,https://ghcr.io; empty
-    /// serves every registry.
-    #[arg(long, env = "MIRRORED_REGISTRIES", value_delimiter = ',')]
-    pub mirrored_registries: Vec<String>,
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
 
     /// Regular expressions; a reference such as docker.io/library/nginx:latest
     /// that matches one is not served.
@@ -254,17 +295,14 @@ pub struct PeerArgs {
     pub http_bootstrap_url: Option<String>,
 
     /// How long to wait for the first peer that has a key before answering
-    /// 404, so containerd falls back to the next mirror or the upstream.
-    #[arg(long, env = "MIRROR_RESOLVE_TIMEOUT", default_value = "20ms", value_parser = parse_duration)]
-    pub mirror_resolve_timeout: std::time::Duration,
+    /// 404, so containerd falls back to the next mirror or the upstream; a
+    /// Go duration.
+    #[arg(long, env = "MIRROR_RESOLVE_TIMEOUT", default_value = "20ms")]
+    pub mirror_resolve_timeout: GoDuration,
 
     /// How many peers to try for one request.
     #[arg(long, env = "MIRROR_RESOLVE_RETRIES", default_value_t = 3)]
     pub mirror_resolve_retries: usize,
-
-    /// Resolve tags through peers as well as digests.
-    #[arg(long, env = "RESOLVE_TAGS", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub resolve_tags: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -274,47 +312,13 @@ pub enum BootstrapKind {
     Http,
 }
 
-/// Go-style durations as Spegel takes them: 20ms, 1s, 1.5s, 2m.
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("{text:?} has no unit; expected e.g. 20ms, 1s or 2m"))?;
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration; expected e.g. 20ms, 1s or 2m"))?;
-    let seconds = match unit {
-        "ms" => number / 1000.0,
-        "s" => number,
-        "m" => number * 60.0,
-        _ => return Err(format!("{text:?} has unit {unit:?}; expected ms, s or m")),
-    };
-    std::time::Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
-}
-
 #[derive(Debug, Args)]
 pub struct ConfigurationArgs {
-    /// Where to write hosts.toml mirror files; containerd's registry
-    /// config_path must include it.
-    #[arg(
-        long,
-        env = "CONTAINERD_REGISTRY_CONFIG_PATH",
-        default_value = "/etc/containerd/certs.d"
-    )]
-    pub containerd_registry_config_path: PathBuf,
+    #[command(flatten)]
+    pub registry_config_path: RegistryConfigPathArgs,
 
-    /// Registries to mirror, such as https://docker.io or http://10.0.0.5:5000,
-    /// comma-separated or repeated. None (or empty) means every registry,
-    /// through _default.
-    #[arg(
-        long,
-        env = "MIRRORED_REGISTRIES",
-        value_name = "URL",
-        num_args = 1..,
-        value_delimiter = ',',
-        value_parser = Registry::parse_item
-    )]
-    pub mirrored_registries: Vec<Option<Registry>>,
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
 
     /// Where containerd tries first, in this order, such as
     /// http://127.0.0.1:30020; comma-separated or repeated.
@@ -327,21 +331,6 @@ pub struct ConfigurationArgs {
         required = true
     )]
     pub mirror_targets: Vec<MirrorTarget>,
-
-    /// Let mirrors resolve tags to digests. With --resolve-tags=false, tags
-    /// are resolved by the upstream and mirrors serve content by digest only.
-    #[arg(
-        long,
-        env = "RESOLVE_TAGS",
-        value_name = "BOOL",
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        require_equals = true,
-        default_value = "true",
-        default_missing_value = "true",
-        value_parser = BoolishValueParser::new()
-    )]
-    pub resolve_tags: bool,
 
     /// Keep the existing configuration in effect after reflektor's hosts,
     /// instead of only in _backup.
@@ -367,110 +356,6 @@ pub struct ConfigurationArgs {
 
 #[derive(Debug, Args)]
 pub struct CleanupArgs {
-    /// The directory `configuration` wrote to.
-    #[arg(
-        long,
-        env = "CONTAINERD_REGISTRY_CONFIG_PATH",
-        default_value = "/etc/containerd/certs.d"
-    )]
-    pub containerd_registry_config_path: PathBuf,
-}
-
-/// What `check-version` prints.
-#[derive(Debug, Serialize)]
-struct VersionReport {
-    input: String,
-    components: Option<Vec<u64>>,
-    version: Option<String>,
-    suffix: Option<String>,
-    /// Whether the suffix is valid SemVer; shown, never used.
-    suffix_semver: Option<bool>,
-    verdict: VerdictKind,
-    minimum: String,
-    message: String,
-}
-
-pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Command::CheckVersion(args) => Ok(check_version(&args)),
-        Command::Doctor(args) => doctor(&args).await,
-        Command::Configuration(args) => configuration(args),
-        Command::Cleanup(args) => cleanup(&args),
-        Command::Registry(args) => crate::serve::run(&args).await,
-    }
-}
-
-fn check_version(args: &CheckVersionArgs) -> ExitCode {
-    let Runtime::Containerd = args.runtime;
-    let policy = ContainerdPolicy::new();
-    // Bytes that are not UTF-8 become U+FFFD: the numbers a runtime could
-    // mean are ASCII, so the verdict is the same as for the raw bytes.
-    let input = args.version.to_string_lossy();
-    let verdict = policy.evaluate(&input);
-    let mut message = verdict.message.clone();
-    if args.version.to_str().is_none() {
-        message =
-            format!("the version is not valid UTF-8; invalid bytes are shown as U+FFFD. {message}");
-    }
-    let parsed = verdict.parsed.as_ref().ok();
-    let report = VersionReport {
-        input: input.into_owned(),
-        components: parsed.map(|v| v.components().to_vec()),
-        version: parsed.map(ToString::to_string),
-        suffix: parsed.map(|v| v.suffix().to_owned()),
-        suffix_semver: parsed.map(|v| v.suffix_is_semver()),
-        verdict: verdict.kind,
-        minimum: verdict.minimum.to_string(),
-        message,
-    };
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&report).expect("a report of strings and numbers serialises")
-    );
-    match verdict.kind {
-        VerdictKind::TooOld => ExitCode::from(1),
-        VerdictKind::Supported | VerdictKind::Unknown => ExitCode::SUCCESS,
-    }
-}
-
-async fn doctor(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
-    let report = doctor::run(&args.containerd.doctor_target()).await;
-    match args.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Output::Table => {
-            let width = (!std::io::stdout().is_terminal()).then_some(140);
-            print!("{}", report.render_table(width));
-        }
-    }
-    Ok(if report.failed() {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
-fn configuration(args: ConfigurationArgs) -> anyhow::Result<ExitCode> {
-    let request = MirrorRequest {
-        registries: args.mirrored_registries.into_iter().flatten().collect(),
-        targets: args.mirror_targets,
-        resolve_tags: args.resolve_tags,
-        prepend_existing: args.prepend_existing,
-        dial_timeout: args.dial_timeout,
-    };
-    let config = match request.validate() {
-        Ok(config) => config,
-        Err(error) => {
-            eprintln!("reflektor: {error}");
-            return Ok(ExitCode::from(2));
-        }
-    };
-    let report = mirror_config::configure(&args.containerd_registry_config_path, &config)?;
-    print!("{report}");
-    Ok(ExitCode::SUCCESS)
-}
-
-fn cleanup(args: &CleanupArgs) -> anyhow::Result<ExitCode> {
-    let report = mirror_config::cleanup(&args.containerd_registry_config_path)?;
-    print!("{report}");
-    Ok(ExitCode::SUCCESS)
+    #[command(flatten)]
+    pub registry_config_path: RegistryConfigPathArgs,
 }

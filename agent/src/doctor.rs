@@ -145,7 +145,14 @@ impl Report {
     }
 }
 
-pub async fn run(target: &Target) -> Report {
+/// The report, and the connection it made when containerd answered, so that
+/// a caller that goes on to use containerd does not connect again.
+pub struct Diagnosis {
+    pub report: Report,
+    pub containerd: Option<Containerd>,
+}
+
+pub async fn run(target: &Target) -> Diagnosis {
     let mut report = Report {
         containerd_sock: target.containerd_sock.clone(),
         containerd_version: None,
@@ -214,7 +221,7 @@ pub async fn run(target: &Target) -> Report {
     report
         .checks
         .push(discard_check(cri.as_ref(), &file, major));
-    report
+    Diagnosis { report, containerd }
 }
 
 fn cri_check(status: &Result<CriStatus, RuntimeError>) -> Check {

@@ -1,18 +1,24 @@
 //! reflektor: a stateless, cluster-local OCI registry mirror for containerd.
 //!
-//! The library holds every concern of the agent, one module each; the
-//! `reflektor` binary only wires them together.
+//! The library holds every concern of the agent, one module each. `cmd` is
+//! the composition root that wires them per command; every other module
+//! only imports the ones below it (`agent/tests/layers.rs` holds the order),
+//! and the `reflektor` binary only parses flags and runs a command.
 
+pub mod backoff;
 pub mod bootstrap;
 pub mod cli;
+pub mod cmd;
 pub mod doctor;
+pub mod duration;
+pub mod errors;
+pub mod http_client;
 pub mod metrics;
 pub mod mirror_config;
 pub mod oci;
 pub mod registry;
 pub mod routing;
 pub mod runtime;
-pub mod serve;
 pub mod state;
 pub mod store;
 pub mod version;

@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use reflektor::cli::{self, Cli, LogFormat};
+use reflektor::cli::{Cli, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -38,26 +38,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(cli::run(cli)) {
+    match runtime.block_on(reflektor::cmd::run(cli)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("reflektor: {}", report(&error));
+            eprintln!("reflektor: {error:#}");
             ExitCode::from(1)
         }
     }
-}
-
-/// The error and its causes on one line, each cause once. Many of our
-/// messages already quote their cause, so printing the whole chain with
-/// `{:#}` would repeat it ("address in use: address in use").
-fn report(error: &anyhow::Error) -> String {
-    let mut line = error.to_string();
-    for cause in error.chain().skip(1) {
-        let cause = cause.to_string();
-        if !line.contains(&cause) {
-            line.push_str(": ");
-            line.push_str(&cause);
-        }
-    }
-    line
 }

@@ -14,8 +14,24 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 
-use crate::registry::Source;
 use prometheus_client::registry::Registry;
+
+/// Where a response's bytes came from: the label of the served-bytes
+/// metric, set by the registry on each response it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Local,
+    Peer,
+}
+
+impl Source {
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Local => "local",
+            Source::Peer => "peer",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {

@@ -316,12 +316,13 @@ async fn mirror(suite: Suite) -> Result<()> {
     // The containerd store passes the same conformance suite as the OCI
     // layout store, against this real containerd.
     let containerd = Containerd::connect(node.socket()).await?;
-    let store = ContainerdStore::new(containerd.clone(), "k8s.io", &node.content_dir())?;
+    let namespace = reflektor::runtime::Namespace::new("k8s.io")?;
+    let store = ContainerdStore::new(containerd.clone(), namespace.clone(), &node.content_dir());
     for pushed in [&images.app, &images.multi] {
         conformance::run(&format!("containerd {suite}"), &store, &expected(pushed)?).await;
     }
     // Without the content directory, bytes come through containerd's API.
-    let no_dir = ContainerdStore::new(containerd, "k8s.io", std::path::Path::new("/nonexistent"))?;
+    let no_dir = ContainerdStore::new(containerd, namespace, std::path::Path::new("/nonexistent"));
     conformance::run(
         &format!("containerd {suite} over gRPC"),
         &no_dir,

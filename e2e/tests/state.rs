@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use reflektor::metrics::Metrics;
-use reflektor::registry::Filter;
-use reflektor::runtime::Containerd;
+use reflektor::oci::Filter;
+use reflektor::runtime::{Containerd, Namespace};
 use reflektor::state::{Recorder, StateSync};
 use reflektor::store::ContainerdStore;
 use reflektor_e2e::cri::Cri;
@@ -41,7 +41,8 @@ async fn follows_pulls_and_removals(suite: Suite) -> Result<()> {
     let node = ContainerdNode::start(&build, NodeConfig::new(format!("state-{suite}"))).await?;
     images.upstream.configure_node(&node)?;
     let containerd = Containerd::connect(node.socket()).await?;
-    let store = ContainerdStore::new(containerd.clone(), "k8s.io", &node.content_dir())?;
+    let namespace = Namespace::new("k8s.io")?;
+    let store = ContainerdStore::new(containerd.clone(), namespace.clone(), &node.content_dir());
     let recorder = Arc::new(Recorder::default());
     let sync = StateSync::new(
         Arc::new(store),
@@ -50,7 +51,7 @@ async fn follows_pulls_and_removals(suite: Suite) -> Result<()> {
         Arc::new(Metrics::new()),
     );
     let stop = CancellationToken::new();
-    let task = tokio::spawn(sync.run(containerd, "k8s.io".to_owned(), stop.clone()));
+    let task = tokio::spawn(sync.run(containerd, namespace, stop.clone()));
 
     let cri = Cri::connect(&node).await?;
     cri.pull_image(&images.multi.by_tag).await?;

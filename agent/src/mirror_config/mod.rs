@@ -55,13 +55,12 @@
 //! is written to a temporary file and renamed, so containerd never reads
 //! half of one.
 
-mod spec;
+mod hosts;
 mod tree;
+mod values;
 
-pub use spec::{
-    ConfigError, DEFAULT_DIR, DialTimeout, Existing, HostsFile, MARKER, MirrorConfig,
-    MirrorRequest, MirrorTarget, Registry, ValueError,
-};
+pub use hosts::{ConfigError, Existing, HostsFile, MARKER, MirrorConfig, MirrorRequest};
+pub use values::{DEFAULT_DIR, DialTimeout, MirrorTarget, MirroredRegistry, ValueError};
 
 use std::fmt;
 use std::fs;
@@ -98,17 +97,17 @@ pub enum MirrorConfigError {
         path.display()
     )]
     NotADirectory { path: PathBuf },
-    #[error("cannot {action} {}: {source}", path.display())]
+    #[error("cannot {action} {}: {error}", path.display())]
     Io {
         action: &'static str,
         path: PathBuf,
-        source: io::Error,
+        error: io::Error,
     },
-    #[error("cannot move {} to {}: {source}", from.display(), to.display())]
+    #[error("cannot move {} to {}: {error}", from.display(), to.display())]
     Move {
         from: PathBuf,
         to: PathBuf,
-        source: io::Error,
+        error: io::Error,
     },
     #[error(
         "both {} and {} exist, so it is unclear which holds the originals. Fix: compare them, \
@@ -439,7 +438,10 @@ impl Layout {
 
     /// The directory containerd would have used for `registry` before we
     /// came, as a name under the backup: a real directory, not a link.
-    fn effective_dir(&self, registry: &Registry) -> Result<Option<String>, MirrorConfigError> {
+    fn effective_dir(
+        &self,
+        registry: &MirroredRegistry,
+    ) -> Result<Option<String>, MirrorConfigError> {
         for candidate in registry.candidate_dirs() {
             let path = self.backup.join(&candidate);
             match fs::symlink_metadata(&path) {
@@ -566,7 +568,7 @@ pub fn configure(config_path: &Path, config: &MirrorConfig) -> Result<Report, Mi
     }
 
     if config.prepend_existing() {
-        let mirrors_all = config.registries().contains(&Registry::Default);
+        let mirrors_all = config.registries().contains(&MirroredRegistry::Default);
         for original in entries(&layout.backup)? {
             let name = original.file_name().unwrap_or_default();
             if claimed.iter().any(|c| name == c.as_str()) {

@@ -754,7 +754,7 @@ fn refused_values_say_what_is_wrong_and_how_to_write_it() {
         writeln!(out, "--mirror-targets {input:?}: {error}").unwrap();
     }
     for input in ["docker.io", "https://docker.io/library", "oci://ghcr.io"] {
-        let error = input.parse::<Registry>().unwrap_err();
+        let error = input.parse::<MirroredRegistry>().unwrap_err();
         writeln!(out, "--mirrored-registries {input:?}: {error}").unwrap();
     }
     for input in ["", "200", "0s", "0ms0s", "-1s", "1d", "1..5s", "ms"] {
@@ -773,9 +773,9 @@ fn accepted_values_are_kept_as_containerd_needs_them() {
         "http://node.local:5000/some/path"
     );
     assert_eq!(target("https://10.0.0.1"), "https://10.0.0.1");
-    let registry = |s: &str| s.parse::<Registry>().unwrap();
+    let registry = |s: &str| s.parse::<MirroredRegistry>().unwrap();
     assert_eq!(registry("https://docker.io/").dir(), "docker.io");
-    assert_eq!(registry("*"), Registry::Default);
+    assert_eq!(registry("*"), MirroredRegistry::Default);
     assert_eq!(
         registry("http://127.0.0.1:5000").candidate_dirs(),
         ["127.0.0.1_5000_", "127.0.0.1:5000"]

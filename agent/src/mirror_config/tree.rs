@@ -7,7 +7,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
-use super::spec::MARKER;
+use super::hosts::MARKER;
 use super::{HOSTS_TOML, MirrorConfigError};
 
 /// Suffix of the temporary file a `hosts.toml` is written to before the
@@ -19,7 +19,7 @@ pub fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> 
     move |source| MirrorConfigError::Io {
         action,
         path,
-        source,
+        error: source,
     }
 }
 
@@ -47,7 +47,7 @@ pub fn rename(from: &Path, to: &Path) -> Result<(), MirrorConfigError> {
     fs::rename(from, to).map_err(|source| MirrorConfigError::Move {
         from: from.to_owned(),
         to: to.to_owned(),
-        source,
+        error: source,
     })
 }
 

@@ -7,11 +7,13 @@
 //! safe to use as a file name under a content store.
 
 mod digest;
+mod filter;
 pub mod media_type;
 mod reference;
 
 pub use digest::{Algorithm, Digest, DigestError};
-pub use reference::{Name, NameError, Reference, Registry, RegistryError, Tag};
+pub use filter::Filter;
+pub use reference::{Name, NameError, Reference, RegistryHost, RegistryHostError, Tag};
 
 /// The parsers face the network: whatever they are given, they must not
 /// panic, and whatever they accept must be safe to use as a path.
@@ -42,7 +44,7 @@ mod properties {
         #[test]
         fn references_never_panic(input in "\\PC{0,200}") {
             let _ = input.parse::<Reference>();
-            let _ = input.parse::<Registry>();
+            let _ = input.parse::<RegistryHost>();
             let _ = input.parse::<Tag>();
         }
     }

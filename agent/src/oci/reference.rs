@@ -41,7 +41,7 @@ pub struct Name(String);
 pub struct Tag(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Registry(String);
+pub struct RegistryHost(String);
 
 /// What follows `/manifests/` in a URL.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -73,7 +73,7 @@ pub enum NameError {
     "registry {0:?} is not a host name; expected a host with an optional port such as \
      \"docker.io\", \"127.0.0.1:5000\" or \"[::1]:5000\""
 )]
-pub struct RegistryError(String);
+pub struct RegistryHostError(String);
 
 fn shown(input: &str) -> String {
     input.chars().take(80).collect()
@@ -116,7 +116,7 @@ impl FromStr for Tag {
     }
 }
 
-impl Registry {
+impl RegistryHost {
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -128,12 +128,12 @@ impl Registry {
     }
 }
 
-impl FromStr for Registry {
-    type Err = RegistryError;
+impl FromStr for RegistryHost {
+    type Err = RegistryHostError;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
         if input.len() > MAX_NAME_LEN || !REGISTRY.is_match(input) {
-            return Err(RegistryError(shown(input)));
+            return Err(RegistryHostError(shown(input)));
         }
         Ok(Self(input.to_owned()))
     }
@@ -163,7 +163,7 @@ impl fmt::Display for Tag {
     }
 }
 
-impl fmt::Display for Registry {
+impl fmt::Display for RegistryHost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -225,7 +225,7 @@ mod tests {
             "localhost",
             "ghcr.io",
         ] {
-            assert!(good.parse::<Registry>().is_ok(), "{good:?} refused");
+            assert!(good.parse::<RegistryHost>().is_ok(), "{good:?} refused");
         }
         for bad in [
             "",
@@ -236,11 +236,11 @@ mod tests {
             "[::1",
             "x:123456",
         ] {
-            assert!(bad.parse::<Registry>().is_err(), "{bad:?} accepted");
+            assert!(bad.parse::<RegistryHost>().is_err(), "{bad:?} accepted");
         }
-        assert!(Registry::looks_like_host("docker.io"));
-        assert!(Registry::looks_like_host("localhost"));
-        assert!(!Registry::looks_like_host("library"));
+        assert!(RegistryHost::looks_like_host("docker.io"));
+        assert!(RegistryHost::looks_like_host("localhost"));
+        assert!(!RegistryHost::looks_like_host("library"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::oci::{DigestError, NameError, RegistryError as HostError};
+use crate::oci::{DigestError, NameError, RegistryHostError};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +17,7 @@ pub enum RegistryError {
     #[error("{0}")]
     TagInvalid(String),
     #[error("{0}")]
-    DigestInvalid(#[from] DigestError),
+    DigestInvalid(DigestError),
     #[error("{0}")]
     ManifestUnknown(String),
     #[error("{0}")]
@@ -31,9 +31,9 @@ pub enum RegistryError {
     #[error("{0}")]
     MethodNotAllowed(String),
     /// The store failed for a reason of its own; the details go to the log,
-    /// not to the client.
+    /// not to the client, so the message leaves them out.
     #[error("the content store is unavailable")]
-    Unavailable(#[source] StoreError),
+    Unavailable(StoreError),
 }
 
 impl RegistryError {
@@ -80,8 +80,14 @@ impl From<NameError> for RegistryError {
     }
 }
 
-impl From<HostError> for RegistryError {
-    fn from(error: HostError) -> Self {
+impl From<DigestError> for RegistryError {
+    fn from(error: DigestError) -> Self {
+        RegistryError::DigestInvalid(error)
+    }
+}
+
+impl From<RegistryHostError> for RegistryError {
+    fn from(error: RegistryHostError) -> Self {
         RegistryError::NameInvalid(error.to_string())
     }
 }

@@ -24,13 +24,11 @@ use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
 use super::error::RegistryError;
 use super::target::{Kind, Target};
-use crate::metrics::Metrics;
+use crate::http_client::PeerClient;
+use crate::metrics::{Metrics, Source};
 use crate::oci::Reference;
 
 /// Marks a request one agent forwarded to another. A request carrying it
@@ -62,7 +60,7 @@ pub struct MirrorConfig {
 
 pub struct Mirror {
     lookup: Arc<dyn ProviderLookup>,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: PeerClient,
     config: MirrorConfig,
     metrics: Arc<Metrics>,
 }
@@ -82,10 +80,7 @@ impl Mirror {
         config: MirrorConfig,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(HEAD_TIMEOUT));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = crate::http_client::client(HEAD_TIMEOUT);
         Self {
             lookup,
             client,
@@ -223,22 +218,6 @@ impl Mirror {
     }
 }
 
-/// Where a response's bytes came from, for the served-bytes metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    Local,
-    Peer,
-}
-
-impl Source {
-    pub fn label(self) -> &'static str {
-        match self {
-            Source::Local => "local",
-            Source::Peer => "peer",
-        }
-    }
-}
-
 /// The providers of one key, found as they are needed. The first lookup
 /// asks for one provider, so it returns as soon as the DHT names any,
 /// instead of waiting for the query to find `attempts` of them when fewer
@@ -341,7 +320,7 @@ fn first_byte(status: &StatusCode, headers: &HeaderMap) -> u64 {
 /// A body that survives its peer: on an error or a stall it asks the next
 /// provider for the rest, from the byte it stopped at.
 struct Resume {
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: PeerClient,
     request: PeerRequest,
     spare: Providers,
     body: Incoming,

@@ -11,8 +11,7 @@ pub mod server;
 mod target;
 
 pub use error::RegistryError;
-pub use filter::Filter;
-pub use mirror::{FORWARDED_HEADER, Mirror, MirrorConfig, ProviderLookup, Source};
+pub use mirror::{FORWARDED_HEADER, Mirror, MirrorConfig, ProviderLookup};
 pub use server::SendFile;
 
 use std::sync::Arc;
@@ -25,7 +24,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use futures::StreamExt;
 
-use crate::oci::{Digest, Reference, media_type};
+use crate::metrics::Source;
+use crate::oci::{Digest, Filter, Reference, media_type};
 use crate::store::{BlobBody, ByteRange, ContentStore};
 use range::RangeRequest;
 use target::{Kind, Target};
@@ -108,7 +108,7 @@ async fn dispatch(
     let result = async {
         pull_only(&method)?;
         let target = Target::parse(path, uri.query())?;
-        state.filter.check(&target)?;
+        filter::check(&state.filter, &target)?;
         let head = method == Method::HEAD;
         let local = match &target.kind {
             Kind::Manifest(reference) => {
@@ -141,7 +141,7 @@ async fn dispatch(
 
 async fn manifest(
     state: &AppState,
-    registry: &Option<crate::oci::Registry>,
+    registry: &Option<crate::oci::RegistryHost>,
     name: &crate::oci::Name,
     reference: Reference,
     head: bool,

@@ -2,7 +2,7 @@
 //! one: a name never needs a percent escape, so any `%` is refused before it
 //! could smuggle a `/` or `..` past the grammar.
 
-use crate::oci::{Digest, Name, Reference, Registry};
+use crate::oci::{Digest, Name, Reference, RegistryHost};
 
 use super::error::RegistryError;
 
@@ -10,7 +10,7 @@ use super::error::RegistryError;
 pub struct Target {
     /// From `?ns=`, as containerd sends it to mirrors, or from a host-like
     /// first path component, as people and skopeo send it.
-    pub registry: Option<Registry>,
+    pub registry: Option<RegistryHost>,
     pub name: Name,
     pub kind: Kind,
 }
@@ -47,7 +47,7 @@ impl Target {
         let (registry, name) = match namespace(query)? {
             Some(registry) => (Some(registry), repository),
             None => match repository.split_once('/') {
-                Some((host, rest)) if Registry::looks_like_host(host) => {
+                Some((host, rest)) if RegistryHost::looks_like_host(host) => {
                     (Some(host.parse()?), rest)
                 }
                 _ => (None, repository),
@@ -63,7 +63,7 @@ impl Target {
 
 /// The first `ns` query parameter, percent-decoded: containerd escapes the
 /// `:` of a port.
-fn namespace(query: Option<&str>) -> Result<Option<Registry>, RegistryError> {
+fn namespace(query: Option<&str>) -> Result<Option<RegistryHost>, RegistryError> {
     let Some(query) = query else { return Ok(None) };
     form_urlencoded::parse(query.as_bytes())
         .find(|(key, _)| key == "ns")

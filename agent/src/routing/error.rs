@@ -13,20 +13,17 @@ use libp2p::swarm::DialError;
 #[derive(Debug, thiserror::Error)]
 pub enum RoutingError {
     #[error(
-        "cannot read or create the node identity {path}: {source}; the data directory \
+        "cannot read or create the node identity {path}: {error}; the data directory \
          (--data-dir) must be a directory this process can write"
     )]
-    Identity { path: PathBuf, source: io::Error },
+    Identity { path: PathBuf, error: io::Error },
     #[error(
-        "the node identity {path} is not a libp2p key in protobuf encoding ({source}); \
+        "the node identity {path} is not a libp2p key in protobuf encoding ({error}); \
          move it away to have a new one created (the node then gets a new peer id)"
     )]
-    IdentityInvalid {
-        path: PathBuf,
-        source: DecodingError,
-    },
-    #[error("cannot read the pre-shared key file {path}: {source}")]
-    PskUnreadable { path: PathBuf, source: io::Error },
+    IdentityInvalid { path: PathBuf, error: DecodingError },
+    #[error("cannot read the pre-shared key file {path}: {error}")]
+    PskUnreadable { path: PathBuf, error: io::Error },
     #[error(
         "the pre-shared key file {path} is not a libp2p swarm key: {problem}; it must hold \
          three lines: `/key/swarm/psk/1.0.0/`, `/base16/` and 64 hex digits (32 random bytes)"
@@ -41,26 +38,26 @@ pub enum RoutingError {
     )]
     RepublishTooSlow { republish: Duration, ttl: Duration },
     #[error("cannot set up encryption for the libp2p transport: {0}")]
-    Transport(#[source] libp2p::noise::Error),
+    Transport(libp2p::noise::Error),
     #[error(
         "cannot listen on {addr}: it is not a TCP address; write it like /ip4/0.0.0.0/tcp/5001"
     )]
     ListenUnsupported { addr: Multiaddr },
-    #[error("cannot listen on {addr}: {source}; choose a free port, or an address of this node")]
-    Listen { addr: Multiaddr, source: io::Error },
+    #[error("cannot listen on {addr}: {error}; choose a free port, or an address of this node")]
+    Listen { addr: Multiaddr, error: io::Error },
     #[error(
-        "cannot connect to the peer at {addr}: {source}; check the address, and that both \
-         nodes use the same pre-shared key"
+        "cannot connect to the peer at {addr}: {}; check the address, and that both \
+         nodes use the same pre-shared key",
+        crate::errors::chain(error.as_ref())
     )]
     Dial {
         addr: Multiaddr,
-        #[source]
-        source: Box<DialError>,
+        error: Box<DialError>,
     },
     #[error("no peer is known, so there is nothing to bootstrap from; add a peer first")]
     NoKnownPeers,
     #[error("bootstrapping the routing table failed: {0}; the peers known did not answer in time")]
-    Bootstrap(#[source] BootstrapError),
+    Bootstrap(BootstrapError),
     #[error(
         "cannot advertise {key}: this node already provides {limit} keys, the most its \
          provider store holds; {not_stored} keys of this batch were not advertised"

@@ -53,6 +53,14 @@ struct Behaviour {
     identify: identify::Behaviour,
 }
 
+/// What one sync changed in the advertised set.
+pub struct Synced {
+    pub advertised: usize,
+    pub withdrawn: usize,
+    /// Set when the store could not hold every key.
+    pub refused: Option<Refused>,
+}
+
 /// Why an advertisement stopped part-way: the store holds no more keys.
 pub struct Refused {
     /// The index of the first key not stored.
@@ -69,13 +77,9 @@ pub enum Command {
         reply: oneshot::Sender<Result<PeerId, RoutingError>>,
     },
     Bootstrap(oneshot::Sender<Result<(), RoutingError>>),
-    Advertise {
+    Sync {
         keys: Vec<RecordKey>,
-        reply: oneshot::Sender<Option<Refused>>,
-    },
-    Withdraw {
-        keys: Vec<RecordKey>,
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<Synced>,
     },
     FindProviders {
         key: RecordKey,
@@ -150,7 +154,7 @@ impl EventLoop {
             TransportError::MultiaddrNotSupported(addr) => RoutingError::ListenUnsupported { addr },
             TransportError::Other(source) => RoutingError::Listen {
                 addr: addr.clone(),
-                source,
+                error: source,
             },
         })?;
         loop {
@@ -159,10 +163,7 @@ impl EventLoop {
                 | SwarmEvent::ListenerClosed {
                     reason: Err(error), ..
                 } => {
-                    return Err(RoutingError::Listen {
-                        addr,
-                        source: error,
-                    });
+                    return Err(RoutingError::Listen { addr, error });
                 }
                 event @ SwarmEvent::NewListenAddr { .. } => {
                     self.on_swarm_event(event);
@@ -223,16 +224,8 @@ impl EventLoop {
                     let _ = reply.send(Err(RoutingError::NoKnownPeers));
                 }
             },
-            Command::Advertise { keys, reply } => {
-                let _ = reply.send(self.advertise(&keys));
-            }
-            Command::Withdraw { keys, reply } => {
-                for key in keys {
-                    if self.provided.remove(&key) {
-                        self.swarm.behaviour_mut().kad.stop_providing(&key);
-                    }
-                }
-                let _ = reply.send(());
+            Command::Sync { keys, reply } => {
+                let _ = reply.send(self.sync(&keys));
             }
             Command::FindProviders {
                 key,
@@ -261,13 +254,32 @@ impl EventLoop {
             Err(error) => {
                 let _ = reply.send(Err(RoutingError::Dial {
                     addr,
-                    source: Box::new(error),
+                    error: Box::new(error),
                 }));
             }
         }
     }
 
-    fn advertise(&mut self, keys: &[RecordKey]) -> Option<Refused> {
+    /// Withdraws what `keys` lacks first, so that a full store makes room
+    /// for the new keys, then advertises the new ones.
+    fn sync(&mut self, keys: &[RecordKey]) -> Synced {
+        let wanted: HashSet<&RecordKey> = keys.iter().collect();
+        let gone = self.provided.not_in(&wanted);
+        for key in &gone {
+            self.provided.remove(key);
+            self.swarm.behaviour_mut().kad.stop_providing(key);
+        }
+        let mut synced = Synced {
+            advertised: 0,
+            withdrawn: gone.len(),
+            refused: None,
+        };
+        synced.refused = self.advertise(keys, &mut synced.advertised);
+        synced
+    }
+
+    /// Counts the keys it adds in `added`.
+    fn advertise(&mut self, keys: &[RecordKey], added: &mut usize) -> Option<Refused> {
         for (index, key) in keys.iter().enumerate() {
             if self.provided.contains(key) {
                 continue;
@@ -290,6 +302,7 @@ impl EventLoop {
                 });
             }
             self.provided.insert(key.clone());
+            *added += 1;
             self.queue_announcement(key.clone());
         }
         None
@@ -518,7 +531,7 @@ impl EventLoop {
                 if let Some((addr, reply)) = self.dials.remove(&connection_id) {
                     let _ = reply.send(Err(RoutingError::Dial {
                         addr,
-                        source: Box::new(error),
+                        error: Box::new(error),
                     }));
                 }
                 if let Some(peer) = peer_id

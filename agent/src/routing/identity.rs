@@ -30,11 +30,16 @@ pub fn load_or_create(data_dir: &Path) -> Result<Keypair, RoutingError> {
     match fs::read(&path) {
         Ok(bytes) => return decode(&path, &bytes),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(source) => return Err(RoutingError::Identity { path, source }),
+        Err(source) => {
+            return Err(RoutingError::Identity {
+                path,
+                error: source,
+            });
+        }
     }
     let io_error = |source| RoutingError::Identity {
         path: path.clone(),
-        source,
+        error: source,
     };
     fs::create_dir_all(data_dir).map_err(io_error)?;
     let keypair = Keypair::generate_ed25519();
@@ -69,7 +74,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
 fn decode(path: &Path, bytes: &[u8]) -> Result<Keypair, RoutingError> {
     Keypair::from_protobuf_encoding(bytes).map_err(|source| RoutingError::IdentityInvalid {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })
 }
 
@@ -83,7 +88,7 @@ fn decode(path: &Path, bytes: &[u8]) -> Result<Keypair, RoutingError> {
 pub fn read_psk(path: &Path) -> Result<PreSharedKey, RoutingError> {
     let text = fs::read_to_string(path).map_err(|source| RoutingError::PskUnreadable {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     parse_psk(&text).map_err(|problem| RoutingError::PskInvalid {
         path: path.to_path_buf(),

@@ -19,7 +19,6 @@
 //! - concurrent lookups of a key share one query, and a few seconds of
 //!   results are remembered (`lookup`).
 
-mod adapters;
 mod error;
 mod event_loop;
 mod identity;
@@ -98,6 +97,13 @@ impl RouterConfig {
             store_limits: StoreLimits::default(),
         }
     }
+}
+
+/// What a [`Router::sync`] changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncOutcome {
+    pub advertised: usize,
+    pub withdrawn: usize,
 }
 
 /// A peer that provides a key, and where its registry answers HTTP.
@@ -210,35 +216,33 @@ impl Router {
         self.stats().await.map_or(0, |s| s.routing_table_size)
     }
 
-    /// Advertises keys this node can serve, and renews them until they are
-    /// withdrawn. Returns once they are recorded locally; the announcements
-    /// to the network go out in the background, a few at a time. Keys
-    /// already advertised are left as they are.
-    pub async fn advertise(&self, keys: Vec<String>) -> Result<(), RoutingError> {
+    /// Makes `keys` the whole set this node advertises, and renews them
+    /// until a later sync drops them: keys not in it are withdrawn, new ones
+    /// advertised. The router alone keeps the advertised set, so its
+    /// callers only say what they hold. Returns once the change is recorded
+    /// locally; announcements to the network go out in the background, a
+    /// few at a time. Peers that already hold a withdrawn key's record keep
+    /// finding us for it until the record expires (the record TTL):
+    /// Kademlia has no way to recall it.
+    pub async fn sync(&self, keys: Vec<String>) -> Result<SyncOutcome, RoutingError> {
         let record_keys = keys.iter().map(|k| record_key(k)).collect();
-        let refused = self
-            .request(|reply| Command::Advertise {
+        let synced = self
+            .request(|reply| Command::Sync {
                 keys: record_keys,
                 reply,
             })
             .await?;
-        match refused {
-            None => Ok(()),
+        match synced.refused {
+            None => Ok(SyncOutcome {
+                advertised: synced.advertised,
+                withdrawn: synced.withdrawn,
+            }),
             Some(refused) => Err(RoutingError::StoreFull {
                 key: keys[refused.first].clone(),
                 limit: refused.limit,
                 not_stored: refused.count,
             }),
         }
-    }
-
-    /// Stops advertising keys. Peers that already hold our records keep
-    /// finding us for them until the records expire (the record TTL):
-    /// Kademlia has no way to recall them.
-    pub async fn withdraw(&self, keys: Vec<String>) -> Result<(), RoutingError> {
-        let keys = keys.iter().map(|k| record_key(k)).collect();
-        self.request(|reply| Command::Withdraw { keys, reply })
-            .await
     }
 
     /// The peers that provide `key`, never this node. Returns as soon as

@@ -8,7 +8,7 @@
 //! takes the next slice of it, sized so that the ring goes round once per
 //! interval.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use libp2p::kad::RecordKey;
 
@@ -53,6 +53,15 @@ impl Provided {
 
     pub fn contains(&self, key: &RecordKey) -> bool {
         self.keys.contains_key(key)
+    }
+
+    /// The provided keys that `wanted` lacks.
+    pub fn not_in(&self, wanted: &HashSet<&RecordKey>) -> Vec<RecordKey> {
+        self.keys
+            .keys()
+            .filter(|key| !wanted.contains(key))
+            .cloned()
+            .collect()
     }
 
     /// The keys due at this tick. They move to the back of the ring;

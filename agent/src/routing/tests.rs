@@ -111,13 +111,10 @@ async fn every_node_finds_the_ones_that_advertised_with_their_registry() {
     join(&[&a, &b, &c]).await;
 
     a.router
-        .advertise(vec![DIGEST.into(), TAG.into()])
+        .sync(vec![DIGEST.into(), TAG.into()])
         .await
         .expect("advertised");
-    c.router
-        .advertise(vec![TAG.into()])
-        .await
-        .expect("advertised");
+    c.router.sync(vec![TAG.into()]).await.expect("advertised");
     announced(&a, 2).await;
     announced(&c, 1).await;
 
@@ -139,7 +136,7 @@ async fn every_node_finds_the_ones_that_advertised_with_their_registry() {
 async fn keys_advertised_before_any_peer_are_announced_once_one_joins() {
     let a = Node::start(20, |_| {}).await;
     a.router
-        .advertise(vec![DIGEST.into()])
+        .sync(vec![DIGEST.into()])
         .await
         .expect("advertised");
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -165,16 +162,14 @@ async fn a_withdrawn_key_is_not_found_once_the_records_expire() {
     let c = Node::start(4, short).await;
     join(&[&a, &b, &c]).await;
     a.router
-        .advertise(vec![DIGEST.into(), TAG.into()])
+        .sync(vec![DIGEST.into(), TAG.into()])
         .await
         .expect("advertised");
     announced(&a, 2).await;
     assert_eq!(b.find(DIGEST, 1).await, vec![a.provider(2)]);
 
-    a.router
-        .withdraw(vec![DIGEST.into()])
-        .await
-        .expect("withdrawn");
+    let synced = a.router.sync(vec![TAG.into()]).await.expect("withdrawn");
+    assert_eq!(synced.withdrawn, 1);
     let withdrawn = Instant::now();
 
     eventually("nobody finds the withdrawn key", async || {
@@ -243,11 +238,11 @@ async fn a_lookup_returns_once_it_has_enough_and_at_its_timeout_otherwise() {
     let c = Node::start(4, |_| {}).await;
     join(&[&a, &b, &c]).await;
     a.router
-        .advertise(vec![DIGEST.into()])
+        .sync(vec![DIGEST.into()])
         .await
         .expect("advertised");
     c.router
-        .advertise(vec![DIGEST.into()])
+        .sync(vec![DIGEST.into()])
         .await
         .expect("advertised");
     announced(&a, 1).await;
@@ -295,7 +290,7 @@ async fn concurrent_lookups_of_a_key_share_one_query() {
     let b = Node::start(3, |config| config.lookup_cache_ttl = Duration::ZERO).await;
     join(&[&a, &b]).await;
     a.router
-        .advertise(vec![DIGEST.into()])
+        .sync(vec![DIGEST.into()])
         .await
         .expect("advertised");
     announced(&a, 1).await;
@@ -336,7 +331,7 @@ async fn keys_are_renewed_a_few_at_a_time_across_the_interval() {
     let b = Node::start(3, |_| {}).await;
     join(&[&a, &b]).await;
     let keys: Vec<String> = (0..10).map(|i| format!("sha256:{i:064x}")).collect();
-    a.router.advertise(keys.clone()).await.expect("advertised");
+    a.router.sync(keys.clone()).await.expect("advertised");
 
     // Ten first announcements, then each key renewed at least once.
     announced(&a, 20).await;
@@ -386,7 +381,7 @@ async fn only_nodes_with_the_same_pre_shared_key_connect() {
     let d = Node::start(5, with(None)).await;
     join(&[&a, &b]).await;
     a.router
-        .advertise(vec![DIGEST.into()])
+        .sync(vec![DIGEST.into()])
         .await
         .expect("advertised");
 
@@ -411,7 +406,7 @@ async fn a_full_store_refuses_what_does_not_fit_and_says_why() {
 
     let error = a
         .router
-        .advertise(vec![
+        .sync(vec![
             "sha256:a".into(),
             "sha256:b".into(),
             "sha256:c".into(),
@@ -424,10 +419,12 @@ async fn a_full_store_refuses_what_does_not_fit_and_says_why() {
         "{error:?}"
     );
     assert!(error.to_string().contains("provides 2 keys"), "{error}");
-    a.router
-        .advertise(vec!["sha256:a".into()])
+    let synced = a
+        .router
+        .sync(vec!["sha256:a".into(), "sha256:b".into()])
         .await
         .expect("already advertised");
+    assert_eq!(synced.advertised, 0, "both were stored before");
 }
 
 #[tokio::test]

@@ -22,23 +22,23 @@ use crate::version::RuntimeVersion;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
-    #[error("cannot read containerd config {path}: {source}")]
+    #[error("cannot read containerd config {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("containerd config {path} is not valid TOML: {source}")]
+    #[error("containerd config {path} is not valid TOML: {error}")]
     Parse {
         path: PathBuf,
-        source: Box<toml::de::Error>,
+        error: Box<toml::de::Error>,
     },
     #[error(
-        "containerd config {path} imports {pattern:?}, which is not a valid glob pattern: {source}"
+        "containerd config {path} imports {pattern:?}, which is not a valid glob pattern: {error}"
     )]
     Import {
         path: PathBuf,
         pattern: String,
-        source: glob::PatternError,
+        error: glob::PatternError,
     },
     #[error(
         "containerd config {path} has version = {version}; expected 1, 2 or 3. Fix: point \
@@ -197,12 +197,12 @@ fn cri_plugin(version: i64) -> &'static str {
 fn read_table(path: &Path) -> Result<Table, ConfigFileError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
         path: path.to_owned(),
-        source,
+        error: source,
     })?;
     text.parse::<Table>()
         .map_err(|source| ConfigFileError::Parse {
             path: path.to_owned(),
-            source: Box::new(source),
+            error: Box::new(source),
         })
 }
 
@@ -234,7 +234,7 @@ fn imports_of(
             glob::glob(&full.to_string_lossy()).map_err(|source| ConfigFileError::Import {
                 path: path.to_owned(),
                 pattern: pattern.to_owned(),
-                source,
+                error: source,
             })?;
         let mut matched: Vec<PathBuf> = matches.filter_map(Result::ok).collect();
         matched.sort();

@@ -1,13 +1,16 @@
-//! Talking to containerd over its unix socket: its own API for the version,
-//! CRI for what kubelet sees, and the config file where CRI is silent.
+//! Talking to containerd over its unix socket: one client for its own API
+//! (version, images, content, events), CRI for what kubelet sees, and the
+//! config file where CRI is silent. Every unary call shares one deadline.
 
 mod config_file;
+mod content;
 mod cri;
 mod events;
 
 pub use config_file::{
     ConfigFile, ConfigFileError, GlobBase, discard_table, registry_table, table_header,
 };
+pub use content::{ImageRecord, ImageTarget, Namespace};
 pub use cri::{CriApi, CriStatus};
 
 use std::path::{Path, PathBuf};
@@ -16,8 +19,10 @@ use std::time::Duration;
 use tonic::transport::Channel;
 
 /// containerd can be slow right after a node boots, but a doctor or an agent
-/// start-up that hangs forever on a wedged socket helps nobody.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// start-up that hangs forever on a wedged socket helps nobody; and a
+/// registry request must fail (a 503, so the pulling containerd moves on)
+/// rather than hang on one. Bounds connecting and every unary call.
+const DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -27,10 +32,10 @@ pub enum RuntimeError {
         path.display()
     )]
     SocketMissing { path: PathBuf },
-    #[error("cannot connect to containerd at {}: {source}", path.display())]
+    #[error("cannot connect to containerd at {}: {}", path.display(), crate::errors::chain(error))]
     Connect {
         path: PathBuf,
-        source: tonic::transport::Error,
+        error: tonic::transport::Error,
     },
     #[error(
         "containerd at {} did not answer within {timeout:?}; is it wedged or still starting?",
@@ -43,6 +48,20 @@ pub enum RuntimeError {
         rpc: &'static str,
         status: Box<tonic::Status>,
     },
+    #[error(
+        "containerd namespace {name:?} is not printable ASCII, so it cannot be sent to \
+         containerd. Fix: set --containerd-namespace to the namespace kubelet uses, k8s.io"
+    )]
+    Namespace { name: String },
+    #[error("a content read at {offset} is beyond what containerd's API can address")]
+    Range { offset: u64 },
+}
+
+impl RuntimeError {
+    /// containerd's own "not found", as opposed to a failure.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RuntimeError::Rpc { status, .. } if status.code() == tonic::Code::NotFound)
+    }
 }
 
 /// A connection to one containerd.
@@ -59,15 +78,15 @@ impl Containerd {
                 path: socket.to_owned(),
             });
         }
-        let channel = tokio::time::timeout(CONNECT_TIMEOUT, containerd_client::connect(socket))
+        let channel = tokio::time::timeout(DEADLINE, containerd_client::connect(socket))
             .await
             .map_err(|_| RuntimeError::Timeout {
                 path: socket.to_owned(),
-                timeout: CONNECT_TIMEOUT,
+                timeout: DEADLINE,
             })?
-            .map_err(|source| RuntimeError::Connect {
+            .map_err(|error| RuntimeError::Connect {
                 path: socket.to_owned(),
-                source,
+                error,
             })?;
         Ok(Self {
             socket: socket.to_owned(),
@@ -103,11 +122,11 @@ impl Containerd {
         rpc: &'static str,
         future: impl Future<Output = Result<T, tonic::Status>>,
     ) -> Result<T, RuntimeError> {
-        tokio::time::timeout(CONNECT_TIMEOUT, future)
+        tokio::time::timeout(DEADLINE, future)
             .await
             .map_err(|_| RuntimeError::Timeout {
                 path: self.socket.clone(),
-                timeout: CONNECT_TIMEOUT,
+                timeout: DEADLINE,
             })?
             .map_err(|status| RuntimeError::Rpc {
                 path: self.socket.clone(),

@@ -3,8 +3,9 @@
 //! of content it holds (index, manifest, config, layer).
 //!
 //! Rather than patch the advertised set event by event, every change
-//! triggers a full walk from the images, debounced, and the difference to
-//! what was advertised is advertised or withdrawn. A walk reads only
+//! triggers a full walk from the images, debounced, and the whole set found
+//! is handed to the router, which alone keeps what is advertised and
+//! advertises or withdraws the difference. A walk reads only
 //! manifests, so it is cheap even for hundreds of images, and it cannot
 //! drift: content that arrives before its image (containerd writes blobs
 //! before it creates the image record) is picked up by the walk that the
@@ -21,18 +22,38 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::metrics::Metrics;
-use crate::oci::Registry;
-use crate::registry::Filter;
-use crate::runtime::Containerd;
+use crate::oci::Filter;
+use crate::oci::RegistryHost;
+use crate::runtime::{Containerd, Namespace};
 use crate::store::{ContentStore, StoreError};
 
 /// The router seam: where advertised keys go. The libp2p router implements
-/// it; tests use a recorder.
+/// it (wired in `cmd`); tests use a recorder.
 #[async_trait]
 pub trait Advertiser: Send + Sync {
-    async fn advertise(&self, keys: Vec<String>) -> anyhow::Result<()>;
-    async fn withdraw(&self, keys: Vec<String>) -> anyhow::Result<()>;
+    /// Makes `keys` the whole advertised set, and says what changed.
+    async fn sync(&self, keys: Vec<String>) -> Result<Advertised, AdvertiseError>;
+}
+
+/// What one [`Advertiser::sync`] changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Advertised {
+    pub advertised: usize,
+    pub withdrawn: usize,
+}
+
+/// Why the advertiser did not take the set, in its own words.
+pub type AdvertiseError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why one walk did not bring the advertised set in line.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("walking the images failed: {0}")]
+    Store(StoreError),
+    #[error("the router did not take the advertised set: {0}")]
+    Advertise(AdvertiseError),
 }
 
 /// How often the whole set is walked even without events, to repair
@@ -41,13 +62,6 @@ const PERIODIC_RESYNC: Duration = Duration::from_secs(300);
 /// Events come in bursts (a pull writes many blobs, then the image); one
 /// walk after the burst is enough.
 const DEBOUNCE: Duration = Duration::from_millis(500);
-/// Backoff between attempts to resubscribe after containerd went away.
-const RESUBSCRIBE_BACKOFF: [Duration; 4] = [
-    Duration::from_millis(200),
-    Duration::from_secs(1),
-    Duration::from_secs(2),
-    Duration::from_secs(5),
-];
 
 /// What one sync changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -63,7 +77,6 @@ pub struct StateSync {
     advertiser: Arc<dyn Advertiser>,
     filter: Filter,
     metrics: Arc<Metrics>,
-    advertised: BTreeSet<String>,
 }
 
 impl StateSync {
@@ -78,15 +91,14 @@ impl StateSync {
             advertiser,
             filter,
             metrics,
-            advertised: BTreeSet::new(),
         }
     }
 
     /// Walks every image and brings the advertised set in line with it.
-    pub async fn resync(&mut self) -> Result<Changes, StoreError> {
+    pub async fn resync(&mut self) -> Result<Changes, SyncError> {
         let mut tags = BTreeSet::new();
         let mut digests = BTreeSet::new();
-        for image in self.store.images().await? {
+        for image in self.store.images().await.map_err(SyncError::Store)? {
             let Some(registry) = image_registry(&image.name) else {
                 continue;
             };
@@ -96,39 +108,26 @@ impl StateSync {
             if is_tag(&image.name) {
                 tags.insert(image.name.clone());
             }
-            for digest in walk::present(self.store.as_ref(), &image.digest).await? {
+            let present = walk::present(self.store.as_ref(), &image.digest)
+                .await
+                .map_err(SyncError::Store)?;
+            for digest in present {
                 digests.insert(digest.to_string());
             }
         }
-        let wanted: BTreeSet<String> = tags.iter().chain(digests.iter()).cloned().collect();
-        let new: Vec<String> = wanted.difference(&self.advertised).cloned().collect();
-        let gone: Vec<String> = self.advertised.difference(&wanted).cloned().collect();
-        let changes = Changes {
-            advertised: new.len(),
-            withdrawn: gone.len(),
+        let wanted: Vec<String> = tags.iter().chain(digests.iter()).cloned().collect();
+        let advertised = self
+            .advertiser
+            .sync(wanted)
+            .await
+            .map_err(SyncError::Advertise)?;
+        self.metrics.set_advertised(digests.len(), tags.len());
+        Ok(Changes {
+            advertised: advertised.advertised,
+            withdrawn: advertised.withdrawn,
             digests: digests.len(),
             tags: tags.len(),
-        };
-        if !gone.is_empty() {
-            self.advertiser
-                .withdraw(gone.clone())
-                .await
-                .map_err(|e| StoreError::backend("withdrawing keys from the router", e))?;
-            // Recorded at once, so a failed advertise below does not make
-            // the next walk withdraw these again.
-            for key in &gone {
-                self.advertised.remove(key);
-            }
-        }
-        if !new.is_empty() {
-            self.advertiser
-                .advertise(new)
-                .await
-                .map_err(|e| StoreError::backend("advertising keys to the router", e))?;
-        }
-        self.advertised = wanted;
-        self.metrics.set_advertised(changes.digests, changes.tags);
-        Ok(changes)
+        })
     }
 
     /// Keeps the advertised set in sync with containerd until `shutdown`:
@@ -143,25 +142,25 @@ impl StateSync {
     pub async fn run(
         mut self,
         containerd: Containerd,
-        namespace: String,
+        namespace: Namespace,
         shutdown: CancellationToken,
     ) {
         let (signals, mut received) = tokio::sync::mpsc::channel(SIGNAL_QUEUE);
         let subscriber = tokio::spawn(subscribe(containerd, namespace, signals, shutdown.clone()));
         let mut pending = Some("start");
-        let mut failures = 0usize;
+        let mut backoff = Backoff::default();
         let mut periodic = tokio::time::interval(PERIODIC_RESYNC);
         periodic.tick().await;
         loop {
             if let Some(reason) = pending {
                 if self.logged_resync(reason).await {
                     pending = None;
-                    failures = 0;
+                    backoff.reset();
                 } else {
-                    failures += 1;
+                    backoff.failed();
                 }
             }
-            let retry = RESUBSCRIBE_BACKOFF[failures.min(RESUBSCRIBE_BACKOFF.len() - 1)];
+            let retry = backoff.wait();
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = periodic.tick() => pending = Some("periodic"),
@@ -247,20 +246,23 @@ const SIGNAL_QUEUE: usize = 256;
 /// again whenever the stream ends, with backoff while containerd is down.
 async fn subscribe(
     containerd: Containerd,
-    namespace: String,
+    namespace: Namespace,
     signals: tokio::sync::mpsc::Sender<Signal>,
     shutdown: CancellationToken,
 ) {
-    let mut failures = 0usize;
+    let mut backoff = Backoff::default();
     let mut first = true;
     while !shutdown.is_cancelled() {
         if !first && signals.send(Signal::Resubscribing).await.is_err() {
             return;
         }
         first = false;
-        match containerd.image_and_content_events(&namespace).await {
+        match containerd
+            .image_and_content_events(namespace.as_str())
+            .await
+        {
             Ok(events) => {
-                failures = 0;
+                backoff.reset();
                 let mut events = std::pin::pin!(events);
                 while let Some(event) = events.next().await {
                     match event {
@@ -282,8 +284,7 @@ async fn subscribe(
                 }
             }
             Err(error) => {
-                let wait = RESUBSCRIBE_BACKOFF[failures.min(RESUBSCRIBE_BACKOFF.len() - 1)];
-                failures += 1;
+                let wait = backoff.failed();
                 tracing::warn!(%error, ?wait, "cannot subscribe to containerd events; retrying");
                 tokio::select! {
                     () = shutdown.cancelled() => return,
@@ -296,7 +297,7 @@ async fn subscribe(
 
 /// The registry of an image name, when it has one: `sha256:…` image IDs
 /// that CRI records as names have none.
-fn image_registry(name: &str) -> Option<Registry> {
+fn image_registry(name: &str) -> Option<RegistryHost> {
     let (host, _) = name.split_once('/')?;
     host.parse().ok()
 }
@@ -327,18 +328,15 @@ impl Recorder {
 #[cfg(any(test, feature = "test-util"))]
 #[async_trait]
 impl Advertiser for Recorder {
-    async fn advertise(&self, keys: Vec<String>) -> anyhow::Result<()> {
-        self.keys.lock().expect("recorder poisoned").extend(keys);
-        Ok(())
-    }
-
-    /// Withdrawing a key that was never advertised is a bug in the caller.
-    async fn withdraw(&self, keys: Vec<String>) -> anyhow::Result<()> {
+    async fn sync(&self, keys: Vec<String>) -> Result<Advertised, AdvertiseError> {
+        let wanted: BTreeSet<String> = keys.into_iter().collect();
         let mut advertised = self.keys.lock().expect("recorder poisoned");
-        for key in keys {
-            anyhow::ensure!(advertised.remove(&key), "withdrew {key}, never advertised");
-        }
-        Ok(())
+        let changes = Advertised {
+            advertised: wanted.difference(&advertised).count(),
+            withdrawn: advertised.difference(&wanted).count(),
+        };
+        *advertised = wanted;
+        Ok(changes)
     }
 }
 

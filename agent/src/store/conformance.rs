@@ -9,13 +9,13 @@ use futures::TryStreamExt;
 use serde_json::json;
 
 use super::{BlobBody, ByteRange, ContentStore, StoreError};
-use crate::oci::{Digest, Name, Registry, Tag, media_type};
+use crate::oci::{Digest, Name, RegistryHost, Tag, media_type};
 
 /// What a store is expected to hold: one tagged image, its manifests with
 /// their media types, and its blobs.
 #[derive(Debug, Clone)]
 pub struct Expected {
-    pub registry: Registry,
+    pub registry: RegistryHost,
     pub name: Name,
     pub tag: Tag,
     pub root: Digest,

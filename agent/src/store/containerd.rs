@@ -9,28 +9,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use containerd_client::services::v1::{
-    GetImageRequest, InfoRequest, ListImagesRequest, ReadContentRequest,
-    content_client::ContentClient, images_client::ImagesClient,
-};
+use futures::TryStreamExt;
 use futures::stream::BoxStream;
-use futures::{StreamExt, TryStreamExt};
-use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
-use tonic::{Code, Request, Status};
 
 use super::media_types::{Descriptor, MediaTypes};
 use super::{BlobBody, ByteRange, ContentStore, Image, Manifest, StoreError};
-use crate::oci::{Digest, Name, Registry, Tag};
-use crate::runtime::Containerd;
-
-/// The metadata key containerd reads the namespace from.
-const NAMESPACE_HEADER: &str = "containerd-namespace";
+use crate::oci::{Digest, Name, RegistryHost, Tag};
+use crate::runtime::{Containerd, ImageRecord, ImageTarget, Namespace, RuntimeError};
 
 #[derive(Debug)]
 pub struct ContainerdStore {
     containerd: Containerd,
-    namespace: MetadataValue<tonic::metadata::Ascii>,
+    namespace: Namespace,
     content_path: PathBuf,
     media_types: MediaTypes,
     /// When every image was last walked for media types, so that requests
@@ -43,36 +33,14 @@ const WALK_INTERVAL: Duration = Duration::from_secs(5);
 
 impl ContainerdStore {
     /// `namespace` is where kubelet's images live: `k8s.io`.
-    pub fn new(
-        containerd: Containerd,
-        namespace: &str,
-        content_path: &Path,
-    ) -> Result<Self, StoreError> {
-        let namespace = namespace.parse().map_err(|e| {
-            StoreError::backend(
-                format!("using containerd namespace {namespace:?}: it must be printable ASCII"),
-                e,
-            )
-        })?;
-        Ok(Self {
+    pub fn new(containerd: Containerd, namespace: Namespace, content_path: &Path) -> Self {
+        Self {
             containerd,
             namespace,
             content_path: content_path.to_owned(),
             media_types: MediaTypes::default(),
             last_walk: std::sync::Mutex::new(None),
-        })
-    }
-
-    fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        request
-            .metadata_mut()
-            .insert(NAMESPACE_HEADER, self.namespace.clone());
-        request
-    }
-
-    fn channel(&self) -> Channel {
-        self.containerd.channel()
+        }
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -80,20 +48,11 @@ impl ContainerdStore {
     }
 
     async fn size(&self, digest: &Digest) -> Result<u64, StoreError> {
-        let mut client = ContentClient::new(self.channel());
-        let request = self.request(InfoRequest {
-            digest: digest.to_string(),
-        });
-        let info = deadline(
-            client.info(request),
-            format!("blob {digest}"),
-            "content Info",
-        )
-        .await?
-        .into_inner()
-        .info
-        .ok_or_else(|| StoreError::NotFound(format!("blob {digest}")))?;
-        u64::try_from(info.size).map_err(|e| StoreError::backend("reading a content size", e))
+        self.containerd
+            .content_size(&self.namespace, &digest.to_string())
+            .await
+            .map_err(|e| failed(e, "content Info", digest))?
+            .ok_or_else(|| StoreError::NotFound(format!("blob {digest}")))
     }
 
     /// A range of a blob through the content service.
@@ -102,24 +61,13 @@ impl ContainerdStore {
         digest: &Digest,
         range: ByteRange,
     ) -> Result<BoxStream<'static, std::io::Result<Bytes>>, StoreError> {
-        let to_i64 = |n: u64| i64::try_from(n).map_err(|e| StoreError::backend("a range", e));
-        let mut client = ContentClient::new(self.channel());
-        let request = self.request(ReadContentRequest {
-            digest: digest.to_string(),
-            offset: to_i64(range.start)?,
-            size: to_i64(range.len)?,
-        });
-        let stream = deadline(
-            client.read(request),
-            format!("blob {digest}"),
-            "content Read",
-        )
-        .await?
-        .into_inner();
-        Ok(stream
-            .map_ok(|chunk| Bytes::from(chunk.data))
-            .map_err(std::io::Error::other)
-            .boxed())
+        self.containerd
+            .read_content(&self.namespace, &digest.to_string(), range.start, range.len)
+            .await
+            .map_err(|e| match e {
+                e if e.is_not_found() => StoreError::NotFound(format!("blob {digest}")),
+                e => failed(e, "content Read", digest),
+            })
     }
 
     /// A whole manifest: small, so read into memory, from disk when possible.
@@ -137,7 +85,7 @@ impl ContainerdStore {
         Ok(chunks.concat())
     }
 
-    async fn learn(&self, target: Option<containerd_client::types::Descriptor>) {
+    async fn learn(&self, target: Option<ImageTarget>) {
         let Some(target) = target else { return };
         let Ok(digest) = target.digest.parse::<Digest>() else {
             return;
@@ -154,15 +102,11 @@ impl ContainerdStore {
             .await;
     }
 
-    async fn list(&self) -> Result<Vec<containerd_client::services::v1::Image>, StoreError> {
-        let mut client = ImagesClient::new(self.channel());
-        let request = self.request(ListImagesRequest { filters: vec![] });
-        Ok(
-            deadline(client.list(request), "images".to_owned(), "images List")
-                .await?
-                .into_inner()
-                .images,
-        )
+    async fn list(&self) -> Result<Vec<ImageRecord>, StoreError> {
+        self.containerd
+            .images(&self.namespace)
+            .await
+            .map_err(|e| StoreError::backend("listing containerd's images", e))
     }
 
     /// Walks every image: the fallback when a manifest was never seen
@@ -184,49 +128,26 @@ impl ContainerdStore {
     }
 }
 
-/// containerd answers in milliseconds; a wedged one must fail the request
-/// (a 503, so containerd on the pulling node moves on), not hang it.
-const RPC_DEADLINE: Duration = Duration::from_secs(10);
-
-async fn deadline<T>(
-    call: impl Future<Output = Result<T, Status>>,
-    what: String,
-    rpc: &str,
-) -> Result<T, StoreError> {
-    match tokio::time::timeout(RPC_DEADLINE, call).await {
-        Ok(result) => result.map_err(|status| from_status(status, what, rpc)),
-        Err(_) => Err(StoreError::backend(
-            format!("calling containerd {rpc} for {what}"),
-            "no answer within 10 s",
-        )),
-    }
-}
-
-fn from_status(status: Status, what: String, rpc: &str) -> StoreError {
-    if status.code() == Code::NotFound {
-        StoreError::NotFound(what)
-    } else {
-        StoreError::backend(format!("calling containerd {rpc} for {what}"), status)
-    }
+fn failed(error: RuntimeError, rpc: &str, digest: &Digest) -> StoreError {
+    StoreError::backend(format!("calling containerd {rpc} for blob {digest}"), error)
 }
 
 #[async_trait]
 impl ContentStore for ContainerdStore {
     async fn resolve(
         &self,
-        registry: &Registry,
+        registry: &RegistryHost,
         name: &Name,
         tag: &Tag,
     ) -> Result<Digest, StoreError> {
         let reference = format!("{registry}/{name}:{tag}");
-        let mut client = ImagesClient::new(self.channel());
-        let request = self.request(GetImageRequest {
-            name: reference.clone(),
-        });
-        let image = deadline(client.get(request), reference.clone(), "images Get")
-            .await?
-            .into_inner()
-            .image
+        let image = self
+            .containerd
+            .image(&self.namespace, &reference)
+            .await
+            .map_err(|e| {
+                StoreError::backend(format!("calling containerd images Get for {reference}"), e)
+            })?
             .ok_or_else(|| StoreError::NotFound(reference.clone()))?;
         let target = image.target.clone();
         let digest = target

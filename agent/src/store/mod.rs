@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-use crate::oci::{Digest, Name, Registry, Tag};
+use crate::oci::{Digest, Name, RegistryHost, Tag};
 
 /// A manifest or index, small enough to hold in memory, with the media type
 /// its parent descriptor gave it.
@@ -78,21 +78,21 @@ pub enum StoreError {
     /// The sentinel every caller matches on: the store does not have it.
     #[error("{0} is not in the content store")]
     NotFound(String),
-    #[error("the content store failed while {context}: {source}")]
+    #[error("the content store failed while {context}: {}", crate::errors::chain(error.as_ref()))]
     Backend {
         context: String,
-        source: Box<dyn std::error::Error + Send + Sync>,
+        error: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
 impl StoreError {
     pub fn backend(
         context: impl Into<String>,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
         StoreError::Backend {
             context: context.into(),
-            source: source.into(),
+            error: error.into(),
         }
     }
 }
@@ -104,7 +104,7 @@ pub trait ContentStore: Send + Sync + 'static {
     /// The digest that `registry/name:tag` points at on this node.
     async fn resolve(
         &self,
-        registry: &Registry,
+        registry: &RegistryHost,
         name: &Name,
         tag: &Tag,
     ) -> Result<Digest, StoreError>;

@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use super::media_types::{Descriptor, MediaTypes};
 use super::{BlobBody, ByteRange, ContentStore, Image, Manifest, StoreError};
-use crate::oci::{Digest, Name, Registry, Tag};
+use crate::oci::{Digest, Name, RegistryHost, Tag};
 
 const CONTAINERD_NAME: &str = "io.containerd.image.name";
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -98,7 +98,7 @@ impl OciLayoutStore {
         Ok(())
     }
 
-    fn lookup(&self, registry: &Registry, name: &Name, tag: &Tag) -> Option<Digest> {
+    fn lookup(&self, registry: &RegistryHost, name: &Name, tag: &Tag) -> Option<Digest> {
         let tags = self.tags.read().expect("tag map poisoned");
         tags.get(&format!("{registry}/{name}:{tag}"))
             .or_else(|| tags.get(&format!(":{tag}")))
@@ -129,7 +129,7 @@ fn not_found_or(error: std::io::Error, what: String, context: String) -> StoreEr
 impl ContentStore for OciLayoutStore {
     async fn resolve(
         &self,
-        registry: &Registry,
+        registry: &RegistryHost,
         name: &Name,
         tag: &Tag,
     ) -> Result<Digest, StoreError> {

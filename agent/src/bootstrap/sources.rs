@@ -1,39 +1,15 @@
-//! How a node finds its first peers, with Spegel's three kinds:
-//! - `static`: multiaddrs given on the command line;
-//! - `dns`: every A/AAAA record of a name, e.g. a headless Service, with
-//!   the port of `--router-addr`;
-//! - `http`: another node's `/id` endpoint, which lists its addresses.
-//!
-//! A bootstrapper only names addresses; the router dials them, and the
-//! agent keeps asking (with backoff) until the routing table is non-empty.
+//! Where bootstrap addresses come from: the command line, DNS, or another
+//! node's `/id` endpoint.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::Router;
-use axum::routing::get;
+use http_body_util::BodyExt;
 use libp2p::Multiaddr;
-use libp2p::multiaddr::Protocol;
-use tokio_util::sync::CancellationToken;
 
-#[derive(Debug, thiserror::Error)]
-pub enum BootstrapError {
-    #[error("cannot resolve {domain:?} for bootstrap peers: {source}")]
-    Dns {
-        domain: String,
-        source: std::io::Error,
-    },
-    #[error("cannot fetch bootstrap peers from {url}: {message}")]
-    Http { url: String, message: String },
-}
-
-/// The seam between the agent and where bootstrap addresses come from.
-#[async_trait]
-pub trait Bootstrapper: Send + Sync {
-    async fn peers(&self) -> Result<Vec<Multiaddr>, BootstrapError>;
-}
+use super::{BootstrapError, Bootstrapper, socket_multiaddr};
 
 /// `--static-bootstrap-peers`; `/p2p/<id>` is optional, the router learns
 /// the id when it dials.
@@ -77,9 +53,9 @@ impl Bootstrapper for DnsPeers {
             .resolver
             .resolve(&self.domain, self.port)
             .await
-            .map_err(|source| BootstrapError::Dns {
+            .map_err(|error| BootstrapError::Dns {
                 domain: self.domain.clone(),
-                source,
+                error,
             })?;
         Ok(addrs.into_iter().map(socket_multiaddr).collect())
     }
@@ -110,30 +86,31 @@ impl Bootstrapper for HttpPeers {
     }
 }
 
+/// The whole fetch, connection included.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A peer list is a few lines; anything larger is not one.
 const MAX_ID_BODY: usize = 64 * 1024;
 
 /// One GET, body included, with a deadline: bootstrap must not hang the
 /// agent.
 async fn fetch(url: &str) -> Result<String, String> {
-    tokio::time::timeout(Duration::from_secs(5), fetch_unbounded(url))
+    tokio::time::timeout(FETCH_TIMEOUT, fetch_unbounded(url))
         .await
         .map_err(|_| "no complete answer within 5 s".to_owned())?
 }
 
 async fn fetch_unbounded(url: &str) -> Result<String, String> {
-    use http_body_util::{BodyExt, Empty};
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-
     let uri: axum::http::Uri = url
         .parse()
         .map_err(|e| format!("not a URL ({e}); expected http://HOST:PORT/id"))?;
     if uri.scheme_str() != Some("http") {
         return Err("only http:// URLs are supported; expected http://HOST:PORT/id".to_owned());
     }
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
-    let response = client.get(uri).await.map_err(|e| e.to_string())?;
+    let response = crate::http_client::client(FETCH_TIMEOUT)
+        .get(uri)
+        .await
+        .map_err(|e| crate::errors::chain(&e))?;
     if !response.status().is_success() {
         return Err(format!("status {}", response.status()));
     }
@@ -145,93 +122,12 @@ async fn fetch_unbounded(url: &str) -> Result<String, String> {
     String::from_utf8(body.to_vec()).map_err(|_| "the body is not UTF-8".to_owned())
 }
 
-/// `--http-bootstrap-addr`: serves this node's addresses at `/id`, as
-/// `addrs` returns them when asked.
-pub fn id_router<F, Fut>(addrs: F) -> Router
-where
-    F: Fn() -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Vec<Multiaddr>> + Send,
-{
-    Router::new().route(
-        "/id",
-        get(move || {
-            let addrs = addrs.clone();
-            async move {
-                addrs()
-                    .await
-                    .iter()
-                    .map(|a| format!("{a}\n"))
-                    .collect::<String>()
-            }
-        }),
-    )
-}
-
-/// How often a node with peers bootstraps again, to heal partitions and
-/// meet nodes that joined since.
-const REBOOTSTRAP: Duration = Duration::from_secs(60);
-/// Waits between attempts while a node has no peer at all.
-const BACKOFF: [Duration; 5] = [
-    Duration::from_millis(500),
-    Duration::from_secs(1),
-    Duration::from_secs(2),
-    Duration::from_secs(5),
-    Duration::from_secs(10),
-];
-
-/// Dials what the bootstrapper names until the node has a peer, retrying
-/// with backoff, then again every minute, until `shutdown`.
-pub async fn keep_connected(
-    router: crate::routing::Router,
-    bootstrapper: Arc<dyn Bootstrapper>,
-    shutdown: CancellationToken,
-) {
-    let mut failures = 0usize;
-    loop {
-        let own = router.listen_addrs().await;
-        match bootstrapper.peers().await {
-            Ok(peers) => {
-                for addr in peers.into_iter().filter(|a| !own.contains(a)) {
-                    if let Err(error) = router.add_peer(addr.clone()).await {
-                        tracing::debug!(%addr, %error, "bootstrap peer not reachable");
-                    }
-                }
-                if let Err(error) = router.bootstrap().await {
-                    tracing::debug!(%error, "bootstrap query failed");
-                }
-            }
-            Err(error) => tracing::warn!(%error, "no bootstrap peers"),
-        }
-        let wait = if router.routing_table_size().await > 0 {
-            failures = 0;
-            REBOOTSTRAP
-        } else {
-            let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
-            failures += 1;
-            tracing::info!(?wait, "no peers yet; retrying bootstrap");
-            wait
-        };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(wait) => {}
-        }
-    }
-}
-
-/// A TCP socket address as a multiaddr: `/ip4/…/tcp/…` or `/ip6/…/tcp/…`.
-pub fn socket_multiaddr(addr: SocketAddr) -> Multiaddr {
-    let ip = match addr.ip() {
-        std::net::IpAddr::V4(ip) => Protocol::Ip4(ip),
-        std::net::IpAddr::V6(ip) => Protocol::Ip6(ip),
-    };
-    Multiaddr::empty().with(ip).with(Protocol::Tcp(addr.port()))
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::bootstrap::id_router;
 
     /// A resolver test double: names map to fixed addresses.
     struct FixedNames(HashMap<String, Vec<std::net::IpAddr>>);

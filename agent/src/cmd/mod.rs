@@ -1,0 +1,24 @@
+//! The composition root: each command's wiring of the parts. Only this
+//! module knows every other one; the parts below it never import their
+//! consumers, and meet here through the traits they declare.
+
+mod check_version;
+mod configuration;
+mod doctor;
+mod listen;
+mod peers;
+mod registry;
+
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::CheckVersion(args) => Ok(check_version::run(&args)),
+        Command::Doctor(args) => doctor::run(&args).await,
+        Command::Configuration(args) => configuration::configure(args),
+        Command::Cleanup(args) => configuration::cleanup(&args),
+        Command::Registry(args) => registry::run(&args).await,
+    }
+}

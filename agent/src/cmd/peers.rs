@@ -1,0 +1,158 @@
+//! Peer routing for `reflektor registry`: the router, how it finds its
+//! first peers, and the router behind the seams that state sync, the
+//! mirror path and `/readyz` declare.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use super::listen::{bind, listen_addr};
+use crate::bootstrap::{
+    self, Bootstrapper, DnsPeers, HttpPeers, StaticPeers, SystemResolver, socket_multiaddr,
+};
+use crate::cli::{BootstrapKind, PeerArgs};
+use crate::registry::{ProviderLookup, Readiness};
+use crate::routing::{Multiaddr, Router, RouterConfig, read_psk};
+use crate::state::{AdvertiseError, Advertised, Advertiser};
+
+/// Starts the router, the bootstrap loop and, if asked, the `/id`
+/// endpoint for other nodes' HTTP bootstrap.
+pub async fn start(
+    args: &PeerArgs,
+    kind: BootstrapKind,
+    registry_port: u16,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Router> {
+    let bootstrapper = bootstrapper(args, kind)?;
+    let listen = listen_addr(&args.router_addr, "--router-addr")?;
+    let mut config = RouterConfig::new(
+        socket_multiaddr(listen),
+        args.data_dir.clone(),
+        registry_port,
+    );
+    if let Some(file) = &args.router_psk_file {
+        config.psk = Some(read_psk(file)?);
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("--data-dir {}: cannot create it", args.data_dir.display()))?;
+    let (router, event_loop) = Router::start(config).await?;
+    // A router that dies leaves a node that can neither advertise nor find
+    // anything: stop, so that the DaemonSet restarts the agent.
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let ended = event_loop.await;
+        if !stop.is_cancelled() {
+            tracing::error!(?ended, "the p2p router stopped unexpectedly; shutting down");
+            stop.cancel();
+        }
+    });
+    tracing::info!(peer_id = %router.peer_id(), "router started");
+    if let Some(addr) = &args.http_bootstrap_addr {
+        let listener = bind(addr, "--http-bootstrap-addr").await?;
+        let id_router = router.clone();
+        let app = bootstrap::id_router(move || {
+            let router = id_router.clone();
+            async move {
+                let peer = router.peer_id();
+                router
+                    .listen_addrs()
+                    .await
+                    .into_iter()
+                    .map(|a| a.with(libp2p::multiaddr::Protocol::P2p(peer)))
+                    .collect()
+            }
+        });
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        });
+    }
+    tokio::spawn(bootstrap::keep_connected(
+        router.clone(),
+        bootstrapper,
+        shutdown.clone(),
+    ));
+    Ok(router)
+}
+
+fn bootstrapper(args: &PeerArgs, kind: BootstrapKind) -> anyhow::Result<Arc<dyn Bootstrapper>> {
+    Ok(match kind {
+        BootstrapKind::Static => {
+            let peers = args
+                .static_bootstrap_peers
+                .iter()
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    p.parse::<Multiaddr>().with_context(|| {
+                        format!(
+                            "--static-bootstrap-peers {p:?}: expected a multiaddr such as \
+                             /ip4/10.0.0.5/tcp/5001"
+                        )
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            if peers.is_empty() {
+                bail!("--bootstrap-kind static needs --static-bootstrap-peers");
+            }
+            Arc::new(StaticPeers(peers))
+        }
+        BootstrapKind::Dns => {
+            let Some(domain) = args.dns_bootstrap_domain.clone() else {
+                bail!("--bootstrap-kind dns needs --dns-bootstrap-domain");
+            };
+            let port = listen_addr(&args.router_addr, "--router-addr")?.port();
+            Arc::new(DnsPeers {
+                domain,
+                port,
+                resolver: Arc::new(SystemResolver),
+            })
+        }
+        BootstrapKind::Http => {
+            let Some(url) = args.http_bootstrap_url.clone() else {
+                bail!("--bootstrap-kind http needs --http-bootstrap-url");
+            };
+            Arc::new(HttpPeers { url })
+        }
+    })
+}
+
+#[async_trait]
+impl Advertiser for Router {
+    async fn sync(&self, keys: Vec<String>) -> Result<Advertised, AdvertiseError> {
+        let synced = Router::sync(self, keys).await?;
+        Ok(Advertised {
+            advertised: synced.advertised,
+            withdrawn: synced.withdrawn,
+        })
+    }
+}
+
+#[async_trait]
+impl ProviderLookup for Router {
+    async fn providers(&self, key: &str, limit: usize, timeout: Duration) -> Vec<SocketAddr> {
+        match self.find_providers(key, limit, timeout).await {
+            Ok(providers) => providers.into_iter().map(|p| p.registry).collect(),
+            Err(error) => {
+                tracing::warn!(%error, key, "provider lookup failed");
+                Vec::new()
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Readiness for Router {
+    async fn ready(&self) -> Result<(), String> {
+        if self.routing_table_size().await > 0 {
+            Ok(())
+        } else {
+            Err("no peers yet: the routing table is empty".to_owned())
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! `reflektor registry`: checks the node, opens the content store, and runs
+//! the registry and metrics listeners until SIGTERM or SIGINT.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use regex::Regex;
+use tokio_util::sync::CancellationToken;
+
+use super::doctor::preflight;
+use super::listen::bind;
+use super::peers;
+use crate::cli::RegistryArgs;
+use crate::metrics::{self, Metrics};
+use crate::oci::Filter;
+use crate::registry::{self, AppState, Mirror, MirrorConfig};
+use crate::routing::Router;
+use crate::runtime::Namespace;
+use crate::state::StateSync;
+use crate::store::{ContainerdStore, ContentStore, OciLayoutStore};
+
+pub async fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
+    let filter = filter(args)?;
+    let registry_listener = bind(&args.registry_addr, "--registry-addr").await?;
+    let metrics_listener = bind(&args.metrics_addr, "--metrics-addr").await?;
+    let (store, containerd): (Arc<dyn ContentStore>, _) = match &args.oci_layout {
+        Some(dir) => {
+            let store = OciLayoutStore::open(dir)
+                .await
+                .with_context(|| format!("--oci-layout {}", dir.display()))?;
+            (Arc::new(store), None)
+        }
+        None => {
+            let namespace = Namespace::new(&args.containerd_namespace)?;
+            let containerd = preflight(&args.containerd).await?;
+            let store = ContainerdStore::new(
+                containerd.clone(),
+                namespace.clone(),
+                &args.containerd_content_path,
+            );
+            (Arc::new(store), Some((containerd, namespace)))
+        }
+    };
+    let metrics = Arc::new(Metrics::new());
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+
+    let registry_port = registry_listener.local_addr()?.port();
+    let router = match args.peers.bootstrap_kind {
+        None => {
+            tracing::info!("no --bootstrap-kind: serving this node's content only");
+            None
+        }
+        Some(kind) => Some(peers::start(&args.peers, kind, registry_port, &shutdown).await?),
+    };
+    if let Some(router) = &router {
+        let sync = StateSync::new(
+            Arc::clone(&store),
+            Arc::new(router.clone()),
+            filter.clone(),
+            Arc::clone(&metrics),
+        );
+        match containerd {
+            Some((containerd, namespace)) => {
+                tokio::spawn(sync.run(containerd, namespace, shutdown.clone()));
+            }
+            None => {
+                tokio::spawn(sync.run_without_events(shutdown.clone()));
+            }
+        }
+        tokio::spawn(export_router_stats(
+            router.clone(),
+            Arc::clone(&metrics),
+            shutdown.clone(),
+        ));
+    }
+    let mirror = router.as_ref().map(|router| {
+        Mirror::new(
+            Arc::new(router.clone()),
+            MirrorConfig {
+                resolve_timeout: args.peers.mirror_resolve_timeout.get(),
+                retries: args.peers.mirror_resolve_retries.max(1),
+                resolve_tags: args.mirror.resolve_tags,
+            },
+            Arc::clone(&metrics),
+        )
+    });
+    let peers = router
+        .clone()
+        .map(|router| Arc::new(router) as Arc<dyn registry::Readiness>);
+    let app = registry::router(Arc::new(AppState {
+        store,
+        filter,
+        mirror,
+        peers,
+    }));
+    tracing::info!(
+        registry = %registry_listener.local_addr()?,
+        metrics = %metrics_listener.local_addr()?,
+        "serving"
+    );
+
+    let metrics_server = axum::serve(metrics_listener, metrics::router(Arc::clone(&metrics)))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let (registry_result, metrics_result) = tokio::join!(
+        registry::server::serve(registry_listener, app, metrics, shutdown.clone()),
+        metrics_server
+    );
+    if let Some(router) = router {
+        router.shutdown().await;
+    }
+    registry_result.context("registry listener failed")?;
+    metrics_result.context("metrics listener failed")?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Copies the router's figures into the metrics every second: cheap (one
+/// message to the router), and fresh enough to watch a node's announcements
+/// drain after start.
+async fn export_router_stats(router: Router, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {
+                let Ok(stats) = router.stats().await else {
+                    tracing::warn!("the router stopped: reflektor_peers and \
+                        reflektor_announcements_pending keep their last values");
+                    return;
+                };
+                let in_flight = stats
+                    .announcements_started
+                    .saturating_sub(stats.announcements_finished);
+                metrics.set_router(
+                    stats.routing_table_size,
+                    stats.announcements_queued as u64 + in_flight,
+                );
+            }
+        }
+    }
+}
+
+/// What this node mirrors, from the same `--mirrored-registries` values
+/// `configuration` reads: `_default` or `*` among them means every
+/// registry, as it does in hosts.toml.
+fn filter(args: &RegistryArgs) -> anyhow::Result<Filter> {
+    let registries = args.mirror.registries();
+    let mirrored = registries
+        .iter()
+        .map(|registry| registry.host())
+        .collect::<Option<Vec<_>>>()
+        .unwrap_or_default();
+    let exclude = args
+        .registry_filters
+        .iter()
+        .filter(|f| !f.is_empty())
+        .map(|pattern| {
+            Regex::new(pattern).with_context(|| {
+                format!("--registry-filters {pattern:?} is not a valid regular expression")
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Filter { mirrored, exclude })
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    }
+    shutdown.cancel();
+}
