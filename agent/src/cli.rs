@@ -266,9 +266,10 @@ pub struct PeerArgs {
     pub router_addr: String,
 
     /// Where the node keeps its identity key, so a restarted agent keeps its
-    /// peer id.
+    /// peer id. Empty (as Spegel's chart sets DATA_DIR="") keeps the key in
+    /// memory only: a new peer id at every start.
     #[arg(long, env = "DATA_DIR", default_value = "/var/lib/reflektor")]
-    pub data_dir: PathBuf,
+    pub data_dir: DataDir,
 
     /// A libp2p pre-shared key file (/key/swarm/psk/1.0.0/): only nodes with
     /// the same key can join.
@@ -303,6 +304,18 @@ pub struct PeerArgs {
     /// How many peers to try for one request.
     #[arg(long, env = "MIRROR_RESOLVE_RETRIES", default_value_t = 3)]
     pub mirror_resolve_retries: usize,
+}
+
+/// `--data-dir`: a directory, or nothing at all when given empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataDir(pub Option<PathBuf>);
+
+impl std::str::FromStr for DataDir {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(DataDir((!text.is_empty()).then(|| PathBuf::from(text))))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

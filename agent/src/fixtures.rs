@@ -6,8 +6,6 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::version::VerdictKind;
-
 /// The workspace's `fixtures/` directory.
 pub fn dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures")
@@ -30,7 +28,9 @@ pub struct RuntimeRow {
     pub version: String,
     /// `[1, 6, 20]` or `error`, as `ParseGeneric` gives it.
     pub components: String,
-    verdict: String,
+    /// `supported`, `too_old` or `unknown` under the containerd policy; `-`
+    /// for rows of other runtimes.
+    pub verdict: String,
 }
 
 impl KubernetesVector {
@@ -56,18 +56,6 @@ impl RuntimeRow {
                 verdict: cells[5].clone(),
             })
             .collect()
-    }
-
-    /// The expected verdict under the containerd policy; `None` for rows of
-    /// other runtimes, which the fixture marks `-`.
-    pub fn containerd_verdict(&self) -> Option<VerdictKind> {
-        match self.verdict.as_str() {
-            "supported" => Some(VerdictKind::Supported),
-            "too_old" => Some(VerdictKind::TooOld),
-            "unknown" => Some(VerdictKind::Unknown),
-            "-" => None,
-            other => panic!("runtime-versions.tsv: unknown verdict {other:?}"),
-        }
     }
 }
 

@@ -29,16 +29,19 @@ pub async fn start(
 ) -> anyhow::Result<Router> {
     let bootstrapper = bootstrapper(args, kind)?;
     let listen = listen_addr(&args.router_addr, "--router-addr")?;
-    let mut config = RouterConfig::new(
-        socket_multiaddr(listen),
-        args.data_dir.clone(),
-        registry_port,
-    );
+    let data_dir = args.data_dir.0.clone();
+    match &data_dir {
+        Some(dir) => std::fs::create_dir_all(dir)
+            .with_context(|| format!("--data-dir {}: cannot create it", dir.display()))?,
+        None => tracing::warn!(
+            "--data-dir is empty: the node identity lives in memory, so this node comes back \
+             with a new peer id after every restart"
+        ),
+    }
+    let mut config = RouterConfig::new(socket_multiaddr(listen), data_dir, registry_port);
     if let Some(file) = &args.router_psk_file {
         config.psk = Some(read_psk(file)?);
     }
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("--data-dir {}: cannot create it", args.data_dir.display()))?;
     let (router, event_loop) = Router::start(config).await?;
     // A router that dies leaves a node that can neither advertise nor find
     // anything: stop, so that the DaemonSet restarts the agent.

@@ -180,3 +180,48 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     }
     shutdown.cancel();
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use crate::oci::RegistryHost;
+
+    fn filter_of(args: &[&str]) -> Filter {
+        let mut full = vec!["reflektor", "registry"];
+        full.extend_from_slice(args);
+        let Command::Registry(args) = Cli::try_parse_from(full).expect("parses").command else {
+            panic!("not the registry command");
+        };
+        filter(&args).expect("a filter")
+    }
+
+    fn host(name: &str) -> RegistryHost {
+        name.parse().unwrap()
+    }
+
+    /// Issue 9: `MIRRORED_REGISTRIES=_default`, which `configuration` takes
+    /// as "every registry", stopped `registry` at start-up.
+    #[test]
+    fn default_and_star_mean_every_registry_as_in_configuration() {
+        for value in ["_default", "*", "https://docker.io,_default", ""] {
+            let filter = filter_of(&["--mirrored-registries", value]);
+            assert!(filter.mirrored.is_empty(), "{value}: {:?}", filter.mirrored);
+            assert!(filter.allows(&host("quay.io"), "quay.io/a/b:1"), "{value}");
+        }
+    }
+
+    #[test]
+    fn named_registries_limit_what_is_mirrored_by_host() {
+        let filter = filter_of(&[
+            "--mirrored-registries",
+            "https://docker.io",
+            "http://10.0.0.5:5000",
+        ]);
+        assert_eq!(filter.mirrored, [host("docker.io"), host("10.0.0.5:5000")]);
+        assert!(filter.allows(&host("10.0.0.5:5000"), "10.0.0.5:5000/app:1"));
+        assert!(!filter.allows(&host("ghcr.io"), "ghcr.io/app:1"));
+    }
+}

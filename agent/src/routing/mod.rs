@@ -68,7 +68,8 @@ pub struct RouterConfig {
     /// Where libp2p listens, e.g. `/ip4/0.0.0.0/tcp/5001`.
     pub listen: Multiaddr,
     /// Where the node identity (`identity.key`) is kept.
-    pub data_dir: PathBuf,
+    /// `None` keeps the identity in memory: a new peer id at every start.
+    pub data_dir: Option<PathBuf>,
     /// Only nodes with the same key can connect, when set.
     pub psk: Option<PreSharedKey>,
     /// The port this node's registry serves on, told to peers.
@@ -84,7 +85,7 @@ pub struct RouterConfig {
 
 impl RouterConfig {
     /// A configuration with the default timings and limits.
-    pub fn new(listen: Multiaddr, data_dir: PathBuf, registry_port: u16) -> Self {
+    pub fn new(listen: Multiaddr, data_dir: Option<PathBuf>, registry_port: u16) -> Self {
         RouterConfig {
             listen,
             data_dir,
@@ -177,7 +178,10 @@ impl Router {
                 ttl: config.record_ttl,
             });
         }
-        let keypair = identity::load_or_create(&config.data_dir)?;
+        let keypair = match &config.data_dir {
+            Some(dir) => identity::load_or_create(dir)?,
+            None => libp2p::identity::Keypair::generate_ed25519(),
+        };
         let peer_id = keypair.public().to_peer_id();
         let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
         let mut event_loop = EventLoop::new(keypair, &config, receiver)?;

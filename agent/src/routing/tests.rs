@@ -63,7 +63,11 @@ fn config(ip: u8, data_dir: &TempDir) -> RouterConfig {
         .expect("multiaddr");
     RouterConfig {
         lookup_cache_ttl: Duration::from_millis(100),
-        ..RouterConfig::new(listen, data_dir.path().to_path_buf(), registry(ip).port())
+        ..RouterConfig::new(
+            listen,
+            Some(data_dir.path().to_path_buf()),
+            registry(ip).port(),
+        )
     }
 }
 
@@ -425,6 +429,26 @@ async fn a_full_store_refuses_what_does_not_fit_and_says_why() {
         .await
         .expect("already advertised");
     assert_eq!(synced.advertised, 0, "both were stored before");
+}
+
+/// Spegel's chart may set `DATA_DIR=""`: no data directory, so the node
+/// gets a new identity at every start and writes nothing.
+#[tokio::test]
+async fn without_a_data_dir_each_start_is_a_new_peer() {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let mut ephemeral = config(2, &data_dir);
+    ephemeral.data_dir = None;
+    let (first, handle) = Router::start(ephemeral.clone()).await.expect("starts");
+    let first_id = first.peer_id();
+    first.shutdown().await;
+    handle.await.expect("stopped");
+    let (second, _) = Router::start(ephemeral).await.expect("restarts");
+    assert_ne!(second.peer_id(), first_id);
+    assert_eq!(
+        std::fs::read_dir(data_dir.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
 }
 
 #[tokio::test]
