@@ -25,3 +25,5 @@ pub mod version;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod fixtures;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;

@@ -10,7 +10,7 @@ use std::path::Path;
 /// Lowest first. A module may import modules of earlier layers only.
 const LAYERS: &[&[&str]] = &[
     // Helpers that know nothing of the agent, and the fixture readers.
-    &["errors", "duration", "backoff", "fixtures"],
+    &["errors", "duration", "backoff", "fixtures", "testing"],
     // The vocabulary: versions, the OCI names, and sinks every part writes to.
     &["version", "oci", "metrics", "http_client"],
     // Talking to containerd.

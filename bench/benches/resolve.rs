@@ -2,14 +2,12 @@
 //! asked of another, which must find the holder through the DHT and ask it,
 //! with 3, 10 and 50 agents on loopback (release builds, from `just bench`).
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use hyper::Method;
 use reflektor_bench::layout;
-use reflektor_e2e::agent::{self, Backend, Peering, Reflektor};
-use reflektor_e2e::http::free_port;
+use reflektor_e2e::agent::{Backend, LoopbackPeers, Reflektor};
 
 /// Every agent bootstraps from these first ones.
 const SEEDS: usize = 3;
@@ -26,21 +24,14 @@ fn resolve(c: &mut Criterion) {
     layout::write_many(empty.path(), 0, "empty").expect("an empty layout");
     let mut group = c.benchmark_group("resolve");
     for n in [3usize, 10, 50] {
-        let data = tempfile::tempdir().expect("a temp dir");
-        let ip = |i: usize| IpAddr::V4(Ipv4Addr::new(127, 0, 5, (i + 1) as u8));
-        let routers: Vec<_> = (0..n).map(|i| free_port(ip(i)).expect("a port")).collect();
+        let peers = LoopbackPeers::new(&reflektor, 5, n, SEEDS).expect("router ports");
         let agents = rt.block_on(async {
             let mut agents = Vec::new();
             for i in 0..n {
-                let peering = Peering {
-                    router: routers[i],
-                    data_dir: data.path().join(format!("agent-{i}")),
-                    bootstrap: agent::static_bootstrap(&routers[..SEEDS], i),
-                };
                 let dir = if i == 0 { holding.path() } else { empty.path() };
                 agents.push(
-                    reflektor
-                        .start_peer(Backend::OciLayout(dir), ip(i), peering)
+                    peers
+                        .start(i, Backend::OciLayout(dir))
                         .await
                         .expect("an agent"),
                 );

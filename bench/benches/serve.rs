@@ -3,14 +3,12 @@
 //! at 1 MiB, 64 MiB and 1 GiB from an agent's own OCI layout, and the same
 //! blobs proxied through a second agent (the peer path).
 
-use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use hyper::Method;
 use reflektor_bench::client;
-use reflektor_e2e::agent::{self, Backend, Peering, Reflektor};
-use reflektor_e2e::http::free_port;
+use reflektor_e2e::agent::{Backend, LoopbackPeers, Reflektor};
 use reflektor_e2e::image::{LayerSpec, OciLayout, Platform};
 
 const MIB: u64 = 1024 * 1024;
@@ -20,7 +18,6 @@ fn serve(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let layout_dir = tempfile::tempdir().expect("a temp dir");
     let empty_dir = tempfile::tempdir().expect("a temp dir");
-    let data = tempfile::tempdir().expect("a temp dir");
     let host = Platform::host().expect("the host platform");
     let mut layout = OciLayout::create(layout_dir.path(), 7).expect("a layout");
     let blobs: Vec<(&str, u64, String)> = SIZES
@@ -46,20 +43,14 @@ fn serve(c: &mut Criterion) {
     let reflektor = Reflektor::locate()
         .expect("the agent binary; run `just bench`")
         .with_log_level("info");
-    let ip = |n: u8| IpAddr::V4(Ipv4Addr::new(127, 0, 4, n));
-    let routers = [free_port(ip(1)).unwrap(), free_port(ip(2)).unwrap()];
-    let peering = |i: usize| Peering {
-        router: routers[i],
-        data_dir: data.path().join(format!("agent-{i}")),
-        bootstrap: agent::static_bootstrap(&routers, i),
-    };
+    let peers = LoopbackPeers::new(&reflektor, 4, 2, 2).expect("router ports");
     let (holder, proxy) = rt.block_on(async {
-        let mut holder = reflektor
-            .start_peer(Backend::OciLayout(layout.dir()), ip(1), peering(0))
+        let mut holder = peers
+            .start(0, Backend::OciLayout(layout.dir()))
             .await
             .expect("the holding agent");
-        let mut proxy = reflektor
-            .start_peer(Backend::OciLayout(empty_dir.path()), ip(2), peering(1))
+        let mut proxy = peers
+            .start(1, Backend::OciLayout(empty_dir.path()))
             .await
             .expect("the proxying agent");
         holder.wait_until_ready().await.expect("holder ready");

@@ -1,15 +1,14 @@
-//! The one client every server is fetched with: HTTP/1.1 over a fresh
-//! connection, the body counted and dropped frame by frame, so the client's
-//! own cost is the same whichever server answers.
+//! The one client every server is fetched with: the harness's HTTP/1.1
+//! exchange over a fresh connection, the body counted and dropped frame by
+//! frame, so the client's own cost is the same whichever server answers.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper::{Method, Request, StatusCode, header};
-use hyper_util::rt::TokioIo;
+use http_body_util::BodyExt;
+use hyper::{Method, StatusCode, header};
+use reflektor_e2e::http;
 
 /// What one fetch got.
 #[derive(Debug, Clone, Copy)]
@@ -29,26 +28,11 @@ pub async fn fetch(
     range: Option<&str>,
 ) -> Result<Fetched> {
     let started = Instant::now();
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    stream.set_nodelay(true)?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .with_context(|| format!("HTTP handshake with {addr}"))?;
-    let connection = tokio::spawn(connection);
-    let mut request = Request::builder()
-        .method(method.clone())
-        .uri(path)
-        .header(header::HOST, addr.to_string())
-        .header(header::ACCEPT, "*/*");
+    let mut headers = vec![("accept", "*/*")];
     if let Some(range) = range {
-        request = request.header(header::RANGE, range);
+        headers.push(("range", range));
     }
-    let response = sender
-        .send_request(request.body(Empty::<Bytes>::new())?)
-        .await
-        .with_context(|| format!("{method} {path} on {addr}"))?;
+    let (response, _connection) = http::send(addr, method.clone(), path, &headers).await?;
     let status = response.status();
     ensure!(
         status == StatusCode::OK || status == StatusCode::PARTIAL_CONTENT,
@@ -74,7 +58,6 @@ pub async fn fetch(
             "{path} from {addr}: {bytes} body bytes, Content-Length said {length}"
         );
     }
-    connection.abort();
     Ok(Fetched {
         status,
         bytes,

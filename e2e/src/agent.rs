@@ -223,6 +223,61 @@ pub fn static_bootstrap(routers: &[SocketAddr], me: usize) -> Vec<String> {
     ]
 }
 
+/// Agents on loopback, member `i` at 127.0.`net`.`i + 1`, each bootstrapping
+/// from the first `seeds` members (a seed from the other seeds): the one
+/// launcher for agent clusters without containerd, shared by the
+/// benchmarks and runners. Members start when asked, so a runner can time
+/// one that joins late.
+pub struct LoopbackPeers<'a> {
+    reflektor: &'a Reflektor,
+    net: u8,
+    routers: Vec<SocketAddr>,
+    seeds: usize,
+    data: tempfile::TempDir,
+}
+
+impl<'a> LoopbackPeers<'a> {
+    /// Picks a router port for each of `count` members.
+    pub fn new(reflektor: &'a Reflektor, net: u8, count: usize, seeds: usize) -> Result<Self> {
+        let data = tempfile::Builder::new()
+            .prefix("reflektor-peers-")
+            .tempdir_in(crate::node::work_parent())
+            .context("creating the agents' data directory")?;
+        let routers = (0..count)
+            .map(|i| http::free_port(member_ip(net, i)))
+            .collect::<Result<_>>()?;
+        Ok(LoopbackPeers {
+            reflektor,
+            net,
+            routers,
+            seeds: seeds.min(count),
+            data,
+        })
+    }
+
+    pub fn ip(&self, i: usize) -> IpAddr {
+        member_ip(self.net, i)
+    }
+
+    /// Starts member `i` serving `backend`, once it is alive; it is ready
+    /// only once it has a peer ([`Agent::wait_until_ready`]).
+    pub async fn start(&self, i: usize, backend: Backend<'_>) -> Result<Agent> {
+        let peering = Peering {
+            router: self.routers[i],
+            data_dir: self.data.path().join(format!("agent-{i}")),
+            bootstrap: static_bootstrap(&self.routers[..self.seeds], i),
+        };
+        self.reflektor
+            .start_peer(backend, self.ip(i), peering)
+            .await
+    }
+}
+
+fn member_ip(net: u8, i: usize) -> IpAddr {
+    let host = u8::try_from(i + 1).expect("at most 254 members on one loopback net");
+    IpAddr::V4(std::net::Ipv4Addr::new(127, 0, net, host))
+}
+
 impl Reflektor {
     /// Starts `reflektor registry` on `ip` (a 127.0.0.N of its own) with
     /// fresh ports, serving its own content only, and waits until `/readyz`

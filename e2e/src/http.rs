@@ -1,7 +1,7 @@
 //! The harness's HTTP client and port picker: one plain HTTP/1.1 exchange
 //! per call on a fresh connection, so a test sees exactly what one request
-//! got, and loopback ports chosen at random so that parallel tests never
-//! collide.
+//! got (the benchmarks' client is built on the same exchange), and loopback
+//! ports chosen at random so that parallel tests never collide.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use http_body_util::{BodyExt, Empty};
-use hyper::{Method, Request, Response, body::Bytes, header};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, header};
 use hyper_util::rt::TokioIo;
 
 /// Each exchange, connection included.
@@ -58,6 +59,47 @@ fn fixed_port_range() -> (u16, u16) {
     }
 }
 
+/// Keeps a request's connection running while its response is read; the
+/// connection ends when this is dropped.
+pub struct Connection(tokio::task::JoinHandle<hyper::Result<()>>);
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Sends `method path` with `headers` on a fresh HTTP/1.1 connection (Nagle
+/// off) and returns the response head with its body still to be read: the
+/// one exchange every harness and benchmark client is built on.
+pub async fn send(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<(Response<Incoming>, Connection)> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true)?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .with_context(|| format!("HTTP handshake with {addr}"))?;
+    let connection = Connection(tokio::spawn(connection));
+    let mut request = Request::builder()
+        .method(method.clone())
+        .uri(path)
+        .header(header::HOST, addr.to_string());
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = sender
+        .send_request(request.body(Empty::<Bytes>::new())?)
+        .await
+        .with_context(|| format!("{method} http://{addr}{path}"))?;
+    Ok((response, connection))
+}
+
 /// Sends `method path` with `headers` and collects the whole response.
 pub async fn request(
     addr: SocketAddr,
@@ -66,31 +108,13 @@ pub async fn request(
     headers: &[(&str, &str)],
 ) -> Result<Response<Bytes>> {
     let exchange = async {
-        let stream = tokio::net::TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .with_context(|| format!("HTTP handshake with {addr}"))?;
-        let connection = tokio::spawn(connection);
-        let mut request = Request::builder()
-            .method(method.clone())
-            .uri(path)
-            .header(header::HOST, addr.to_string());
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = sender
-            .send_request(request.body(Empty::<Bytes>::new())?)
-            .await
-            .with_context(|| format!("{method} http://{addr}{path}"))?;
+        let (response, _connection) = send(addr, method.clone(), path, headers).await?;
         let (parts, body) = response.into_parts();
         let body = body
             .collect()
             .await
             .with_context(|| format!("reading the body of {method} http://{addr}{path}"))?
             .to_bytes();
-        connection.abort();
         anyhow::Ok(Response::from_parts(parts, body))
     };
     tokio::time::timeout(REQUEST_TIMEOUT, exchange)

@@ -1,9 +1,7 @@
 //! Shared pieces of the integration tests: the cached build of a suite, the
 //! root check and polling, so that each test file says only what it tests.
 
-use std::time::Duration;
-
-use anyhow::{Result, ensure};
+use anyhow::Result;
 
 use crate::debian::Suite;
 use crate::node;
@@ -41,24 +39,9 @@ pub fn toml_value<'a>(config: &'a toml::Table, path: &[&str]) -> Option<&'a toml
     table.get(*last)
 }
 
-/// Polls `check` every 200 ms until it holds, failing after the harness's
+/// Polls `check` until it holds, failing after the harness's
 /// patience (`REFLEKTOR_E2E_PATIENCE_SECS`, 30 s by default): for what a
 /// cluster does in the background, such as advertising what a node pulled.
-pub async fn eventually<F, Fut>(what: &str, check: F) -> Result<()>
-where
-    F: Fn() -> Fut,
-    Fut: Future<Output = Result<bool>>,
-{
-    let patience = node::patience()?;
-    let deadline = tokio::time::Instant::now() + patience;
-    loop {
-        if check().await? {
-            return Ok(());
-        }
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "{what} did not happen within {patience:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+pub async fn eventually(what: &str, check: impl AsyncFnMut() -> Result<bool>) -> Result<()> {
+    reflektor::testing::eventually(what, node::patience()?, check).await
 }

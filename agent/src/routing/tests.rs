@@ -99,12 +99,11 @@ async fn announced(node: &Node, count: u64) {
     .await;
 }
 
+/// Waits up to 10 s for `check`; panics naming `what` otherwise.
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::testing::eventually(what, Duration::from_secs(10), async || Ok(check().await))
+        .await
+        .unwrap_or_else(|error| panic!("{error}"));
 }
 
 #[tokio::test]

@@ -20,7 +20,7 @@ use reflektor_bench::layout;
 use reflektor_bench::nginx::Nginx;
 use reflektor_bench::process;
 use reflektor_bench::runner;
-use reflektor_e2e::agent::{self, Backend, Peering};
+use reflektor_e2e::agent::{Backend, LoopbackPeers};
 use reflektor_e2e::cri::Cri;
 use reflektor_e2e::http::free_port;
 use reflektor_e2e::image::{LayerSpec, OciLayout, Platform};
@@ -131,24 +131,14 @@ async fn run(args: Args) -> Result<()> {
     .context("hard-linking the blob into nginx's root")?;
     let nginx = Nginx::start(nginx_root.path(), free_port(ip(1))?).await?;
 
-    let data = tempfile::Builder::new()
-        .prefix("reflektor-bench-data-")
-        .tempdir()?;
     let empty_layout = tempfile::Builder::new()
         .prefix("reflektor-bench-empty-")
         .tempdir()?;
     OciLayout::create(empty_layout.path(), SEED)?;
-    let routers = [free_port(ip(2))?, free_port(ip(3))?];
-    let peering = |i: usize| Peering {
-        router: routers[i],
-        data_dir: data.path().join(format!("agent-{i}")),
-        bootstrap: agent::static_bootstrap(&routers, i),
-    };
-    let mut holder = reflektor
-        .start_peer(Backend::OciLayout(layout.dir()), ip(2), peering(0))
-        .await?;
-    let mut proxy = reflektor
-        .start_peer(Backend::OciLayout(empty_layout.path()), ip(3), peering(1))
+    let peers = LoopbackPeers::new(&reflektor, 6, 2, 2)?;
+    let mut holder = peers.start(0, Backend::OciLayout(layout.dir())).await?;
+    let mut proxy = peers
+        .start(1, Backend::OciLayout(empty_layout.path()))
         .await?;
     holder.wait_until_ready().await?;
     proxy.wait_until_ready().await?;

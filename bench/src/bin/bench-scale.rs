@@ -7,7 +7,7 @@
 //! Every agent bootstraps from the first three, as a DaemonSet would from a
 //! DNS name, not from a full list: that is what makes the DHT do the work.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -23,8 +23,7 @@ use reflektor_bench::process;
 use reflektor_bench::runner;
 use reflektor_bench::scale::{Scale, ScaleReport};
 use reflektor_bench::stats::{Spread, percentile};
-use reflektor_e2e::agent::{self, Agent, Backend, Peering, Reflektor};
-use reflektor_e2e::http::free_port;
+use reflektor_e2e::agent::{Agent, Backend, LoopbackPeers, Reflektor};
 
 const MIB: f64 = 1024.0 * 1024.0;
 /// Agents every other one bootstraps from.
@@ -137,29 +136,12 @@ struct Layouts {
     bulk_keys: usize,
 }
 
-fn ip(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 0, 3, (i + 1) as u8))
-}
-
 async fn measure(reflektor: &Reflektor, n: usize, args: &Args, layouts: Layouts) -> Result<Scale> {
-    let data = tempfile::Builder::new()
-        .prefix("reflektor-scale-data-")
-        .tempdir()?;
     // n - 2 plain members, then the node with the new key, then the bulk node.
-    let routers: Vec<SocketAddr> = (0..n).map(|i| free_port(ip(i))).collect::<Result<_>>()?;
-    let seeds = &routers[..SEEDS];
+    let peers = LoopbackPeers::new(reflektor, 3, n, SEEDS)?;
     let start = |i: usize, dir: PathBuf| {
-        let peering = Peering {
-            router: routers[i],
-            data_dir: data.path().join(format!("agent-{i}")),
-            // Each bootstraps from the seeds (a seed from the other seeds).
-            bootstrap: agent::static_bootstrap(seeds, i),
-        };
-        async move {
-            reflektor
-                .start_peer(Backend::OciLayout(&dir), ip(i), peering)
-                .await
-        }
+        let peers = &peers;
+        async move { peers.start(i, Backend::OciLayout(&dir)).await }
     };
     let mut agents: Vec<Agent> = Vec::new();
     for i in 0..n - 2 {
