@@ -1,4 +1,5 @@
-# reflektor: `just demo` first; `just test` is the fast check; `just e2e` is the release gate; CI runs `just ci`.
+# reflektor: `./dev demo` first; `./dev test` is the fast check; `./dev e2e` is the release gate.
+# `./dev <recipe>` installs what a new machine lacks (just included) and runs the recipe here.
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
@@ -27,6 +28,10 @@ build:
 lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
+
+# The agent's module graph, layer by layer; fails on a cycle or an upward import.
+modules:
+    cargo test -q -p reflektor --test layers -- --nocapture every_import_points_down
 
 # The agent as users run it: the benchmarks measure this build.
 build-release:

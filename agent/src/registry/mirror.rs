@@ -125,7 +125,7 @@ impl Mirror {
                 range: range.clone(),
                 accept: accept.clone(),
             };
-            let response = match self.send(&request).await {
+            let response = match request.send(&self.client).await {
                 Ok(response) if response.status().is_success() => response,
                 Ok(response) => {
                     tracing::debug!(%peer, status = %response.status(), %key, "peer refused");
@@ -158,24 +158,6 @@ impl Mirror {
             }
             Kind::Manifest(Reference::Tag(_)) => None,
         }
-    }
-
-    async fn send(&self, request: &PeerRequest) -> io::Result<Response<Incoming>> {
-        let mut builder = Request::builder()
-            .method(request.method.clone())
-            .uri(format!("http://{}{}", request.peer, request.path))
-            .header(FORWARDED_HEADER, "1");
-        if let Some(range) = &request.range {
-            builder = builder.header(header::RANGE, range);
-        }
-        if let Some(accept) = &request.accept {
-            builder = builder.header(header::ACCEPT, accept);
-        }
-        let outgoing = builder.body(Empty::new()).map_err(io::Error::other)?;
-        tokio::time::timeout(HEAD_TIMEOUT, self.client.request(outgoing))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no response head in time"))?
-            .map_err(io::Error::other)
     }
 
     /// Passes a peer's answer on, its body wrapped so that a failure midway
@@ -288,6 +270,28 @@ struct PeerRequest {
     accept: Option<HeaderValue>,
 }
 
+impl PeerRequest {
+    /// Sends it, marked as forwarded, and waits at most [`HEAD_TIMEOUT`]
+    /// for the response head: the first try and every resume alike.
+    async fn send(&self, client: &PeerClient) -> io::Result<Response<Incoming>> {
+        let mut builder = Request::builder()
+            .method(self.method.clone())
+            .uri(format!("http://{}{}", self.peer, self.path))
+            .header(FORWARDED_HEADER, "1");
+        if let Some(range) = &self.range {
+            builder = builder.header(header::RANGE, range);
+        }
+        if let Some(accept) = &self.accept {
+            builder = builder.header(header::ACCEPT, accept);
+        }
+        let outgoing = builder.body(Empty::new()).map_err(io::Error::other)?;
+        tokio::time::timeout(HEAD_TIMEOUT, client.request(outgoing))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no response head in time"))?
+            .map_err(io::Error::other)
+    }
+}
+
 fn peer_path(target: &Target) -> String {
     let (kind, reference) = match &target.kind {
         Kind::Manifest(reference) => ("manifests", reference.to_string()),
@@ -381,17 +385,8 @@ impl Resume {
             request.peer = peer;
             request.range =
                 Some(HeaderValue::from_str(&format!("bytes={from}-{to}")).expect("an ASCII range"));
-            let outgoing = Request::builder()
-                .method(Method::GET)
-                .uri(format!("http://{peer}{}", request.path))
-                .header(FORWARDED_HEADER, "1")
-                .header(header::RANGE, request.range.clone().expect("just set"))
-                .body(Empty::new())
-                .map_err(io::Error::other)?;
-            let response = match tokio::time::timeout(HEAD_TIMEOUT, self.client.request(outgoing))
-                .await
-            {
-                Ok(Ok(response)) if response.status() == StatusCode::PARTIAL_CONTENT => response,
+            let response = match request.send(&self.client).await {
+                Ok(response) if response.status() == StatusCode::PARTIAL_CONTENT => response,
                 _ => continue,
             };
             if first_byte(&response.status(), response.headers()) != from {

@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 
 use super::lookup::{Cache, Lookup};
-use super::peers::{Peers, Registry, agent_version, announced};
+use super::peers::{PeerRegistry, Peers, agent_version, announced};
 use super::republish::{Provided, SLICES};
 use super::store::ProviderStore;
 use super::{Provider, RouterConfig, RouterStats, RoutingError};
@@ -411,13 +411,13 @@ impl EventLoop {
                 // identify will tell, unless that has happened.
                 Err(DialError::DialPeerConditionFalse(_)) => {
                     let registry = self.peers.registry(&peer);
-                    if matches!(registry, Registry::Known(_) | Registry::Unusable) {
+                    if matches!(registry, PeerRegistry::Known(_) | PeerRegistry::Unusable) {
                         lookup.settled(&peer, registry);
                     }
                 }
                 Err(error) => {
                     tracing::debug!(%peer, %error, "cannot dial a provider");
-                    lookup.settled(&peer, Registry::Unusable);
+                    lookup.settled(&peer, PeerRegistry::Unusable);
                 }
             }
         }

@@ -17,7 +17,7 @@ use libp2p::kad::{QueryId, RecordKey};
 use tokio::sync::oneshot;
 
 use super::Provider;
-use super::peers::Registry;
+use super::peers::PeerRegistry;
 
 /// How many providers of one key are dialed at once to learn their
 /// registry address.
@@ -81,30 +81,30 @@ impl Lookup {
     }
 
     /// The query reported `peer` as a provider, whose registry is `registry`.
-    pub fn found(&mut self, peer: PeerId, registry: Registry) {
+    pub fn found(&mut self, peer: PeerId, registry: PeerRegistry) {
         if !self.seen.insert(peer) {
             return;
         }
         match registry {
-            Registry::Known(addr) => self.resolved.push(Provider {
+            PeerRegistry::Known(addr) => self.resolved.push(Provider {
                 peer_id: peer,
                 registry: addr,
             }),
-            Registry::Identifying => {
+            PeerRegistry::Identifying => {
                 self.resolving.insert(peer);
             }
-            Registry::Disconnected => self.candidates.push_back(peer),
-            Registry::Unusable => {}
+            PeerRegistry::Disconnected => self.candidates.push_back(peer),
+            PeerRegistry::Unusable => {}
         }
     }
 
     /// Something happened to `peer` (identified, failed, disconnected); if we
     /// were waiting on it, this is the outcome. Returns whether it was.
-    pub fn settled(&mut self, peer: &PeerId, registry: Registry) -> bool {
-        if registry == Registry::Identifying || !self.resolving.remove(peer) {
+    pub fn settled(&mut self, peer: &PeerId, registry: PeerRegistry) -> bool {
+        if registry == PeerRegistry::Identifying || !self.resolving.remove(peer) {
             return false;
         }
-        if let Registry::Known(addr) = registry {
+        if let PeerRegistry::Known(addr) = registry {
             self.resolved.push(Provider {
                 peer_id: *peer,
                 registry: addr,
@@ -253,8 +253,8 @@ mod tests {
         libp2p::kad::Behaviour::new(peer, store).get_providers(record_key("k"))
     }
 
-    fn addr(port: u16) -> Registry {
-        Registry::Known(SocketAddr::from(([10, 0, 0, 1], port)))
+    fn addr(port: u16) -> PeerRegistry {
+        PeerRegistry::Known(SocketAddr::from(([10, 0, 0, 1], port)))
     }
 
     #[test]
@@ -303,7 +303,7 @@ mod tests {
         lookup.wait(2, far, tx);
         let peers: Vec<PeerId> = (0..20).map(|_| PeerId::random()).collect();
         for peer in &peers {
-            lookup.found(*peer, Registry::Disconnected);
+            lookup.found(*peer, PeerRegistry::Disconnected);
         }
         lookup.found(peers[0], addr(1)); // reported twice: ignored
 
@@ -311,7 +311,7 @@ mod tests {
         assert_eq!(lookup.next_dial(), Some(peers[1]));
         assert_eq!(lookup.next_dial(), None, "two are on their way");
 
-        lookup.settled(&peers[0], Registry::Disconnected);
+        lookup.settled(&peers[0], PeerRegistry::Disconnected);
         assert_eq!(
             lookup.next_dial(),
             Some(peers[2]),

@@ -53,7 +53,7 @@ pub struct Peers {
 
 /// Whether a peer's registry address is known yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Registry {
+pub enum PeerRegistry {
     /// Identified: here is its registry.
     Known(SocketAddr),
     /// Connected, but identify has not answered yet.
@@ -94,17 +94,17 @@ impl Peers {
         }
     }
 
-    pub fn registry(&self, peer: &PeerId) -> Registry {
+    pub fn registry(&self, peer: &PeerId) -> PeerRegistry {
         let Some(entry) = self.peers.get(peer) else {
-            return Registry::Disconnected;
+            return PeerRegistry::Disconnected;
         };
         let Some((listen_addrs, port)) = &entry.identified else {
-            return Registry::Identifying;
+            return PeerRegistry::Identifying;
         };
         let ip = registry_ip(entry.dialed, listen_addrs, entry.remote);
         match (ip, port) {
-            (Some(ip), Some(port)) => Registry::Known(SocketAddr::new(ip, *port)),
-            _ => Registry::Unusable,
+            (Some(ip), Some(port)) => PeerRegistry::Known(SocketAddr::new(ip, *port)),
+            _ => PeerRegistry::Unusable,
         }
     }
 }
@@ -190,7 +190,7 @@ mod tests {
     fn a_peer_is_usable_once_identified_and_forgotten_when_gone() {
         let mut peers = Peers::default();
         let peer = PeerId::random();
-        assert_eq!(peers.registry(&peer), Registry::Disconnected);
+        assert_eq!(peers.registry(&peer), PeerRegistry::Disconnected);
 
         let endpoint = ConnectedPoint::Dialer {
             address: addr("/ip4/127.0.0.2/tcp/4001"),
@@ -198,7 +198,7 @@ mod tests {
             port_use: PortUse::New,
         };
         peers.connected(peer, &endpoint);
-        assert_eq!(peers.registry(&peer), Registry::Identifying);
+        assert_eq!(peers.registry(&peer), PeerRegistry::Identifying);
 
         peers.identified(
             peer,
@@ -207,21 +207,24 @@ mod tests {
         );
         assert_eq!(
             peers.registry(&peer),
-            Registry::Known("127.0.0.2:5002".parse().unwrap())
+            PeerRegistry::Known("127.0.0.2:5002".parse().unwrap())
         );
 
         peers.identify_failed(peer);
-        assert!(matches!(peers.registry(&peer), Registry::Known(_)), "kept");
+        assert!(
+            matches!(peers.registry(&peer), PeerRegistry::Known(_)),
+            "kept"
+        );
         peers.identified(peer, vec![], "someone-else/1.0");
-        assert_eq!(peers.registry(&peer), Registry::Unusable);
+        assert_eq!(peers.registry(&peer), PeerRegistry::Unusable);
 
         let other = PeerId::random();
         peers.connected(other, &endpoint);
         peers.identify_failed(other);
-        assert_eq!(peers.registry(&other), Registry::Unusable);
+        assert_eq!(peers.registry(&other), PeerRegistry::Unusable);
 
         peers.disconnected(&peer, 0);
-        assert_eq!(peers.registry(&peer), Registry::Disconnected);
+        assert_eq!(peers.registry(&peer), PeerRegistry::Disconnected);
     }
 
     #[test]
