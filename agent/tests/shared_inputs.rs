@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 
 use clap::Parser;
-use reflektor::cli::{Cli, Command as Sub};
+use reflektor::cli::{Cli, Command as Sub, ContainerdArgs, MirrorArgs, RegistryConfigPathArgs};
 use serde_json::{Value, json};
 
 /// Set in the child: the command line to parse, as a JSON array.
@@ -78,45 +78,39 @@ fn parse_in_child() {
         }
     };
     let mut shared = BTreeMap::new();
-    let path = |p: &Path| Value::from(p.display().to_string());
-    let mut mirror = |m: &reflektor::cli::MirrorArgs| {
-        let registries: Vec<String> = m.registries().iter().map(ToString::to_string).collect();
-        shared.insert("mirrored_registries", json!(registries));
-        shared.insert("resolve_tags", json!(m.resolve_tags));
-    };
     match &cli.command {
-        Sub::Configuration(args) => mirror(&args.mirror),
-        Sub::Registry(args) => mirror(&args.mirror),
-        _ => {}
-    }
-    match &cli.command {
-        Sub::Doctor(args) => {
-            let c = &args.containerd;
-            shared.insert("containerd_sock", path(&c.containerd_sock));
-            shared.insert(
-                "registry_config_path",
-                path(&c.registry_config_path.containerd_registry_config_path),
-            );
-        }
+        Sub::Doctor(args) => containerd(&mut shared, &args.containerd),
         Sub::Registry(args) => {
-            let c = &args.containerd;
-            shared.insert("containerd_sock", path(&c.containerd_sock));
-            shared.insert(
-                "registry_config_path",
-                path(&c.registry_config_path.containerd_registry_config_path),
-            );
+            containerd(&mut shared, &args.containerd);
+            mirror(&mut shared, &args.mirror);
         }
         Sub::Configuration(args) => {
-            let p = &args.registry_config_path.containerd_registry_config_path;
-            shared.insert("registry_config_path", path(p));
+            config_path(&mut shared, &args.registry_config_path);
+            mirror(&mut shared, &args.mirror);
         }
-        Sub::Cleanup(args) => {
-            let p = &args.registry_config_path.containerd_registry_config_path;
-            shared.insert("registry_config_path", path(p));
-        }
+        Sub::Cleanup(args) => config_path(&mut shared, &args.registry_config_path),
         Sub::CheckVersion(_) => {}
     }
     println!("PARSED {}", json!(shared));
+}
+
+type Shared = BTreeMap<&'static str, Value>;
+
+fn containerd(shared: &mut Shared, args: &ContainerdArgs) {
+    let sock = args.containerd_sock.display().to_string();
+    shared.insert("containerd_sock", json!(sock));
+    config_path(shared, &args.registry_config_path);
+}
+
+fn config_path(shared: &mut Shared, args: &RegistryConfigPathArgs) {
+    let path = args.containerd_registry_config_path.display().to_string();
+    shared.insert("registry_config_path", json!(path));
+}
+
+fn mirror(shared: &mut Shared, args: &MirrorArgs) {
+    let registries: Vec<String> = args.registries().iter().map(ToString::to_string).collect();
+    shared.insert("mirrored_registries", json!(registries));
+    shared.insert("resolve_tags", json!(args.resolve_tags));
 }
 
 /// Parses `args` in a child with exactly `env` set among [`READ_VARS`].

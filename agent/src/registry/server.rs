@@ -31,8 +31,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::Route;
-use crate::metrics::Metrics;
-use crate::metrics::Source;
+use crate::metrics::{Metrics, Source};
 use crate::store::ByteRange;
 
 /// A request head larger than this is refused with 431: real clients send a

@@ -100,11 +100,8 @@ impl Containerd {
         let request = namespace.request(GetImageRequest {
             name: name.to_owned(),
         });
-        match self.call("images Get", client.get(request)).await {
-            Ok(reply) => Ok(reply.into_inner().image.map(ImageRecord::from)),
-            Err(error) if error.is_not_found() => Ok(None),
-            Err(error) => Err(error),
-        }
+        let reply = found(self.call("images Get", client.get(request)).await)?;
+        Ok(reply.and_then(|r| r.into_inner().image.map(ImageRecord::from)))
     }
 
     /// A blob's size; `None` when the content store lacks it.
@@ -117,14 +114,8 @@ impl Containerd {
         let request = namespace.request(InfoRequest {
             digest: digest.to_owned(),
         });
-        match self.call("content Info", client.info(request)).await {
-            Ok(reply) => Ok(reply
-                .into_inner()
-                .info
-                .and_then(|info| u64::try_from(info.size).ok())),
-            Err(error) if error.is_not_found() => Ok(None),
-            Err(error) => Err(error),
-        }
+        let reply = found(self.call("content Info", client.info(request)).await)?;
+        Ok(reply.and_then(|r| u64::try_from(r.into_inner().info?.size).ok()))
     }
 
     /// `len` bytes of a blob from `offset`, as containerd streams them.
@@ -152,5 +143,14 @@ impl Containerd {
             .map_ok(|chunk| Bytes::from(chunk.data))
             .map_err(std::io::Error::other)
             .boxed())
+    }
+}
+
+/// containerd's "not found" as `None`, every other failure as it is.
+fn found<T>(result: Result<T, RuntimeError>) -> Result<Option<T>, RuntimeError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(error) if error.is_not_found() => Ok(None),
+        Err(error) => Err(error),
     }
 }

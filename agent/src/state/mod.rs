@@ -24,8 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
-use crate::oci::Filter;
-use crate::oci::RegistryHost;
+use crate::oci::{Filter, RegistryHost};
 use crate::runtime::{Containerd, Namespace};
 use crate::store::{ContentStore, StoreError};
 
