@@ -77,8 +77,19 @@ pub enum Command {
     /// Undo `configuration`: restore _backup exactly and remove reflektor's files.
     ///
     /// Without a backup, removes only the hosts.toml files reflektor marked
-    /// as its own. Safe to run twice.
+    /// as its own. Safe to run twice. With --addr it then answers GET
+    /// /readyz with 200 until stopped, so that `cleanup-wait` (or a
+    /// DaemonSet's rollout) can tell that this node is clean.
     Cleanup(CleanupArgs),
+
+    /// Wait until every node's `cleanup --addr` answers: the last step of an
+    /// uninstall.
+    ///
+    /// Resolves --probe-endpoint's host (a headless Service naming every
+    /// cleanup pod) every --period, asks each address for /readyz, and
+    /// exits 0 once every one answered 200 in --threshold rounds in a row.
+    /// Runs until then, or until stopped.
+    CleanupWait(CleanupWaitArgs),
 
     /// Run the mirror: serve this node's images to the other nodes.
     ///
@@ -243,13 +254,82 @@ pub struct RegistryArgs {
     #[command(flatten)]
     pub mirror: MirrorArgs,
 
-    /// Regular expressions; a reference such as docker.io/library/nginx:latest
-    /// that matches one is not served.
-    #[arg(long, env = "REGISTRY_FILTERS", value_delimiter = ',')]
+    /// Regular expressions, comma-separated or repeated; a reference such as
+    /// docker.io/library/nginx:latest that matches one is neither served nor
+    /// advertised.
+    #[arg(long, env = "REGISTRY_FILTERS", num_args = 1.., value_delimiter = ',')]
     pub registry_filters: Vec<String>,
+
+    /// Answer `:latest` tags, from this node or its peers. With
+    /// --resolve-latest-tag=false they are neither served nor advertised,
+    /// so containerd resolves them upstream: "latest" moves, and a peer may
+    /// hold an older one.
+    #[arg(
+        long,
+        env = "RESOLVE_LATEST_TAG",
+        value_name = "BOOL",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "true",
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    pub resolve_latest_tag: bool,
 
     #[command(flatten)]
     pub peers: PeerArgs,
+
+    #[command(flatten)]
+    pub ignored: SpegelOnlyArgs,
+}
+
+/// Flags Spegel's chart passes that reflektor has no use for. They are
+/// accepted so that a Spegel DaemonSet runs unchanged, and do nothing.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Accepted from Spegel and ignored")]
+pub struct SpegelOnlyArgs {
+    /// Ignored: reflektor has no debug web page; its state is in the
+    /// metrics and, at --log-level debug, one log line per request.
+    #[arg(
+        long,
+        env = "DEBUG_WEB_ENABLED",
+        value_name = "BOOL",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    pub debug_web_enabled: bool,
+
+    /// Ignored: reflektor exports no OpenTelemetry traces (a warning says
+    /// so when an endpoint is set).
+    #[arg(long, env = "OTEL_ENDPOINT", value_name = "URL")]
+    pub otel_endpoint: Option<String>,
+
+    /// Ignored, as --otel-endpoint.
+    #[arg(long, env = "OTEL_SERVICE_NAME", value_name = "NAME")]
+    pub otel_service_name: Option<String>,
+
+    /// Ignored, as --otel-endpoint.
+    #[arg(long, env = "OTEL_SAMPLER", value_name = "SAMPLER")]
+    pub otel_sampler: Option<String>,
+
+    /// Ignored, as --otel-endpoint.
+    #[arg(
+        long,
+        env = "OTEL_INSECURE",
+        value_name = "BOOL",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "false",
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    pub otel_insecure: bool,
 }
 
 /// Peer-to-peer routing: how nodes find each other and which has what.
@@ -278,7 +358,12 @@ pub struct PeerArgs {
 
     /// Multiaddrs of peers, e.g. /ip4/10.0.0.5/tcp/5001 (a /p2p/<id> suffix
     /// is optional).
-    #[arg(long, env = "STATIC_BOOTSTRAP_PEERS", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "STATIC_BOOTSTRAP_PEERS",
+        num_args = 1..,
+        value_delimiter = ','
+    )]
     pub static_bootstrap_peers: Vec<String>,
 
     /// A name whose A/AAAA records are the peers, e.g. a headless Service;
@@ -294,6 +379,15 @@ pub struct PeerArgs {
     /// Another node's /id endpoint, e.g. http://10.0.0.5:5002/id.
     #[arg(long, env = "HTTP_BOOTSTRAP_URL")]
     pub http_bootstrap_url: Option<String>,
+
+    /// Spegel's name for --http-bootstrap-url.
+    #[arg(
+        long,
+        env = "HTTP_BOOTSTRAP_PEER",
+        hide = true,
+        conflicts_with = "http_bootstrap_url"
+    )]
+    pub http_bootstrap_peer: Option<String>,
 
     /// How long to wait for the first peer that has a key before answering
     /// 404, so containerd falls back to the next mirror or the upstream; a
@@ -371,4 +465,24 @@ pub struct ConfigurationArgs {
 pub struct CleanupArgs {
     #[command(flatten)]
     pub registry_config_path: RegistryConfigPathArgs,
+
+    /// After cleaning up, answer GET /readyz here until stopped, e.g. ":8080".
+    #[arg(long, env = "ADDR")]
+    pub addr: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupWaitArgs {
+    /// HOST:PORT of the cleanup pods, e.g. a headless Service such as
+    /// reflektor-cleanup.kube-system.svc.cluster.local.:8080.
+    #[arg(long, env = "PROBE_ENDPOINT")]
+    pub probe_endpoint: String,
+
+    /// Rounds in a row in which every address answers, before it is done.
+    #[arg(long, env = "THRESHOLD", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub threshold: u32,
+
+    /// Time between rounds, a Go duration.
+    #[arg(long, env = "PERIOD", default_value = "2s")]
+    pub period: GoDuration,
 }

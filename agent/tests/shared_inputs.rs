@@ -48,6 +48,17 @@ const READ_VARS: &[&str] = &[
     "HTTP_BOOTSTRAP_URL",
     "MIRROR_RESOLVE_TIMEOUT",
     "MIRROR_RESOLVE_RETRIES",
+    "RESOLVE_LATEST_TAG",
+    "HTTP_BOOTSTRAP_PEER",
+    "DEBUG_WEB_ENABLED",
+    "OTEL_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+    "OTEL_SAMPLER",
+    "OTEL_INSECURE",
+    "ADDR",
+    "PROBE_ENDPOINT",
+    "THRESHOLD",
+    "PERIOD",
 ];
 
 /// The subcommands, each with the arguments it cannot run without.
@@ -60,6 +71,7 @@ const COMMANDS: &[&[&str]] = &[
     ],
     &["cleanup"],
     &["registry"],
+    &["cleanup-wait", "--probe-endpoint", "cleanup.example:8080"],
 ];
 
 /// The child's half: parses and prints the inputs more than one command
@@ -89,7 +101,7 @@ fn parse_in_child() {
             mirror(&mut shared, &args.mirror);
         }
         Sub::Cleanup(args) => config_path(&mut shared, &args.registry_config_path),
-        Sub::CheckVersion(_) => {}
+        Sub::CheckVersion(_) | Sub::CleanupWait(_) => {}
     }
     println!("PARSED {}", json!(shared));
 }

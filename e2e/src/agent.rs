@@ -186,6 +186,8 @@ fn exit_code(output: &Output) -> Result<i32> {
 #[derive(Debug)]
 pub struct Agent {
     child: std::process::Child,
+    /// Whether it was started to find peers.
+    peering: bool,
     registry: SocketAddr,
     metrics: SocketAddr,
     log_file: PathBuf,
@@ -356,6 +358,7 @@ impl Reflektor {
             .with_context(|| format!("starting {}", self.bin.display()))?;
         Ok(Agent {
             child,
+            peering: peering.is_some(),
             registry,
             metrics,
             log_file,
@@ -434,9 +437,19 @@ impl Agent {
             .context("reaping the killed reflektor registry")
     }
 
-    /// Waits for `/readyz`: with peers, until the agent has one.
+    /// Waits for `/readyz`, and for an agent started to find peers, until
+    /// it has one too (`reflektor_peers`): what a test means by ready. The
+    /// agent itself is Ready once it can serve, peers or not.
     pub async fn wait_until_ready(&mut self) -> Result<()> {
-        self.wait_for("/readyz").await
+        self.wait_for("/readyz").await?;
+        if self.peering {
+            crate::support::eventually("the agent has a peer", async || {
+                Ok(self.metric(&["reflektor_peers "]).await.unwrap_or(0.0) >= 1.0)
+            })
+            .await
+            .with_context(|| self.log())?;
+        }
+        Ok(())
     }
 
     async fn wait_for(&mut self, path: &str) -> Result<()> {

@@ -6,13 +6,14 @@
 //!
 //! A bootstrapper only names addresses; the router dials them, and the
 //! agent keeps asking (with backoff) until the routing table is non-empty.
+//! The end of the first round is what `/readyz` waits for.
 
 mod id_server;
 mod keep_connected;
 mod sources;
 
 pub use id_server::id_router;
-pub use keep_connected::keep_connected;
+pub use keep_connected::{FirstRound, keep_connected};
 pub use sources::{DnsPeers, HttpPeers, Resolver, StaticPeers, SystemResolver};
 
 use std::net::SocketAddr;

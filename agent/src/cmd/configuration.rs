@@ -1,9 +1,9 @@
-//! `reflektor configuration` and `reflektor cleanup`: the flags checked
-//! together, then the hosts.toml tree written or restored.
+//! `reflektor configuration`: the flags checked together, then the
+//! hosts.toml tree written.
 
 use std::process::ExitCode;
 
-use crate::cli::{CleanupArgs, ConfigurationArgs};
+use crate::cli::ConfigurationArgs;
 use crate::mirror_config::{self, MirrorRequest};
 
 pub fn configure(args: ConfigurationArgs) -> anyhow::Result<ExitCode> {
@@ -23,13 +23,6 @@ pub fn configure(args: ConfigurationArgs) -> anyhow::Result<ExitCode> {
     };
     let dir = &args.registry_config_path.containerd_registry_config_path;
     let report = mirror_config::configure(dir, &config)?;
-    print!("{report}");
-    Ok(ExitCode::SUCCESS)
-}
-
-pub fn cleanup(args: &CleanupArgs) -> anyhow::Result<ExitCode> {
-    let dir = &args.registry_config_path.containerd_registry_config_path;
-    let report = mirror_config::cleanup(dir)?;
     print!("{report}");
     Ok(ExitCode::SUCCESS)
 }

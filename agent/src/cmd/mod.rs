@@ -3,11 +3,13 @@
 //! consumers, and meet here through the traits they declare.
 
 mod check_version;
+mod cleanup;
 mod configuration;
 mod doctor;
 mod listen;
 mod peers;
 mod registry;
+mod signals;
 
 use std::process::ExitCode;
 
@@ -18,7 +20,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::CheckVersion(args) => Ok(check_version::run(&args)),
         Command::Doctor(args) => doctor::run(&args).await,
         Command::Configuration(args) => configuration::configure(args),
-        Command::Cleanup(args) => configuration::cleanup(&args),
+        Command::Cleanup(args) => cleanup::cleanup(&args).await,
+        Command::CleanupWait(args) => cleanup::wait(&args).await,
         Command::Registry(args) => registry::run(&args).await,
     }
 }

@@ -12,12 +12,19 @@ use tokio_util::sync::CancellationToken;
 
 use super::listen::{bind, listen_addr};
 use crate::bootstrap::{
-    self, Bootstrapper, DnsPeers, HttpPeers, StaticPeers, SystemResolver, socket_multiaddr,
+    self, Bootstrapper, DnsPeers, FirstRound, HttpPeers, StaticPeers, SystemResolver,
+    socket_multiaddr,
 };
 use crate::cli::{BootstrapKind, PeerArgs};
 use crate::registry::{ProviderLookup, Readiness};
 use crate::routing::{Multiaddr, Router, RouterConfig, read_psk};
 use crate::state::{AdvertiseError, Advertised, Advertiser};
+
+/// The router, and what `/readyz` waits for on its side.
+pub struct Peers {
+    pub router: Router,
+    pub readiness: Arc<dyn Readiness>,
+}
 
 /// Starts the router, the bootstrap loop and, if asked, the `/id`
 /// endpoint for other nodes' HTTP bootstrap.
@@ -26,7 +33,7 @@ pub async fn start(
     kind: BootstrapKind,
     registry_port: u16,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Router> {
+) -> anyhow::Result<Peers> {
     let bootstrapper = bootstrapper(args, kind)?;
     let listen = listen_addr(&args.router_addr, "--router-addr")?;
     let data_dir = args.data_dir.0.clone();
@@ -76,12 +83,17 @@ pub async fn start(
                 .await
         });
     }
+    let first_round = FirstRound::default();
     tokio::spawn(bootstrap::keep_connected(
         router.clone(),
         bootstrapper,
+        first_round.clone(),
         shutdown.clone(),
     ));
-    Ok(router)
+    Ok(Peers {
+        router,
+        readiness: Arc::new(BootstrapTried(first_round)),
+    })
 }
 
 fn bootstrapper(args: &PeerArgs, kind: BootstrapKind) -> anyhow::Result<Arc<dyn Bootstrapper>> {
@@ -117,7 +129,11 @@ fn bootstrapper(args: &PeerArgs, kind: BootstrapKind) -> anyhow::Result<Arc<dyn 
             })
         }
         BootstrapKind::Http => {
-            let Some(url) = args.http_bootstrap_url.clone() else {
+            let url = args
+                .http_bootstrap_url
+                .as_ref()
+                .or(args.http_bootstrap_peer.as_ref());
+            let Some(url) = url.cloned() else {
                 bail!("--bootstrap-kind http needs --http-bootstrap-url");
             };
             Arc::new(HttpPeers { url })
@@ -149,13 +165,20 @@ impl ProviderLookup for Router {
     }
 }
 
+/// Ready once bootstrap has been tried: a node serves its own content and
+/// answers 404 for the rest whether or not it has peers, so waiting for a
+/// peer would keep a cluster of one from ever being Ready, and a node
+/// whose peers all left would stay Ready anyway. Peers are in the
+/// `reflektor_peers` metric and the log.
+struct BootstrapTried(FirstRound);
+
 #[async_trait]
-impl Readiness for Router {
+impl Readiness for BootstrapTried {
     async fn ready(&self) -> Result<(), String> {
-        if self.routing_table_size().await > 0 {
+        if self.0.ended() {
             Ok(())
         } else {
-            Err("no peers yet: the routing table is empty".to_owned())
+            Err("the first bootstrap round has not ended yet".to_owned())
         }
     }
 }

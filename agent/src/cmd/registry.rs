@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::doctor::preflight;
 use super::listen::bind;
 use super::peers;
+use super::signals::stop_on_signal;
 use crate::cli::RegistryArgs;
 use crate::metrics::{self, Metrics};
 use crate::oci::Filter;
@@ -21,6 +22,18 @@ use crate::state::StateSync;
 use crate::store::{ContainerdStore, ContentStore, OciLayoutStore};
 
 pub async fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
+    if let Some(endpoint) = args
+        .ignored
+        .otel_endpoint
+        .as_ref()
+        .filter(|e| !e.is_empty())
+    {
+        tracing::warn!(
+            endpoint,
+            "--otel-endpoint is accepted for Spegel compatibility, but reflektor exports no \
+             traces; use the metrics on --metrics-addr and --log-level debug instead"
+        );
+    }
     let filter = filter(args)?;
     let registry_listener = bind(&args.registry_addr, "--registry-addr").await?;
     let metrics_listener = bind(&args.metrics_addr, "--metrics-addr").await?;
@@ -47,12 +60,16 @@ pub async fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
     tokio::spawn(stop_on_signal(shutdown.clone()));
 
     let registry_port = registry_listener.local_addr()?.port();
-    let router = match args.peers.bootstrap_kind {
+    let peers = match args.peers.bootstrap_kind {
         None => {
             tracing::info!("no --bootstrap-kind: serving this node's content only");
             None
         }
         Some(kind) => Some(peers::start(&args.peers, kind, registry_port, &shutdown).await?),
+    };
+    let (router, peers) = match peers {
+        Some(peers) => (Some(peers.router), Some(peers.readiness)),
+        None => (None, None),
     };
     if let Some(router) = &router {
         let sync = StateSync::new(
@@ -86,9 +103,6 @@ pub async fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
             Arc::clone(&metrics),
         )
     });
-    let peers = router
-        .clone()
-        .map(|router| Arc::new(router) as Arc<dyn registry::Readiness>);
     let app = registry::router(Arc::new(AppState {
         store,
         filter,
@@ -152,7 +166,7 @@ fn filter(args: &RegistryArgs) -> anyhow::Result<Filter> {
         .map(|registry| registry.host())
         .collect::<Option<Vec<_>>>()
         .unwrap_or_default();
-    let exclude = args
+    let mut exclude: Vec<Regex> = args
         .registry_filters
         .iter()
         .filter(|f| !f.is_empty())
@@ -162,23 +176,10 @@ fn filter(args: &RegistryArgs) -> anyhow::Result<Filter> {
             })
         })
         .collect::<anyhow::Result<_>>()?;
-    Ok(Filter { mirrored, exclude })
-}
-
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = int.recv() => tracing::info!("SIGINT: stopping"),
+    if !args.resolve_latest_tag {
+        exclude.push(Regex::new(":latest$").expect("a valid pattern"));
     }
-    shutdown.cancel();
+    Ok(Filter { mirrored, exclude })
 }
 
 #[cfg(test)]
@@ -211,6 +212,16 @@ mod tests {
             assert!(filter.mirrored.is_empty(), "{value}: {:?}", filter.mirrored);
             assert!(filter.allows(&host("quay.io"), "quay.io/a/b:1"), "{value}");
         }
+    }
+
+    #[test]
+    fn resolve_latest_tag_false_leaves_latest_to_the_upstream() {
+        let filter = filter_of(&["--resolve-latest-tag=false"]);
+        assert!(!filter.allows(&host("docker.io"), "docker.io/library/nginx:latest"));
+        assert!(filter.allows(&host("docker.io"), "docker.io/library/nginx:1.27"));
+        assert!(filter.allows(&host("docker.io"), "docker.io/library/nginx@sha256:ab"));
+        let default = filter_of(&[]);
+        assert!(default.allows(&host("docker.io"), "docker.io/library/nginx:latest"));
     }
 
     #[test]

@@ -43,7 +43,8 @@ pub struct AppState {
     /// Peers to ask for what this node does not hold; `None` serves local
     /// content only.
     pub mirror: Option<Mirror>,
-    /// Also required for `/readyz`: with peer routing, at least one peer.
+    /// Also required for `/readyz`: with peer routing, the first bootstrap
+    /// round over.
     pub peers: Option<Arc<dyn Readiness>>,
 }
 

@@ -198,11 +198,28 @@ impl Connection {
                 } => (*request, keep_alive),
             };
             let method = request.method().clone();
+            let path =
+                tracing::enabled!(tracing::Level::DEBUG).then(|| request.uri().path().to_owned());
+            let started = std::time::Instant::now();
             self.metrics.in_flight.inc();
             let result = self.respond(request, keep_alive).await;
             self.metrics.in_flight.dec();
             let (route, status, bytes, source) = result?;
             self.metrics.record(route, &method, status, bytes, source);
+            // One line per request, when asked for: the trace to follow a
+            // pull by when the metrics only say that something failed.
+            if let Some(path) = path {
+                tracing::debug!(
+                    %method,
+                    path,
+                    route,
+                    status,
+                    source = source.map_or("-", Source::label),
+                    bytes,
+                    duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "request"
+                );
+            }
             if !keep_alive || self.shutdown.is_cancelled() {
                 return self.stream.shutdown().await;
             }
