@@ -29,6 +29,10 @@ lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
 
+# Regenerate deploy/ (the default manifests) from the generator.
+manifests: build
+    ./target/debug/reflektor manifests --out-dir deploy
+
 # The agent's module graph, layer by layer; fails on a cycle or an upward import.
 modules:
     cargo test -q -p reflektor --test layers -- --nocapture every_import_points_down

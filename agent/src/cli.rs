@@ -69,9 +69,12 @@ pub enum Command {
     ///
     /// Writes <config path>/<registry>/hosts.toml for each mirrored registry
     /// (or _default/hosts.toml for all), listing the mirror targets before the
-    /// upstream. The first run moves the existing files into _backup, which
+    /// upstream. First it runs doctor's config_path check: when containerd
+    /// does not read the directory, it writes nothing and says how to fix
+    /// it. The first run moves the existing files into _backup, which
     /// `reflektor cleanup` restores; files reflektor did not write are never
-    /// deleted. Exit code: 0 done, 1 a filesystem error, 2 a usage error.
+    /// deleted. Exit code: 0 done, 1 containerd would not read the files or a
+    /// filesystem error, 2 a usage error.
     Configuration(ConfigurationArgs),
 
     /// Undo `configuration`: restore _backup exactly and remove reflektor's files.
@@ -90,6 +93,14 @@ pub enum Command {
     /// exits 0 once every one answered 200 in --threshold rounds in a row.
     /// Runs until then, or until stopped.
     CleanupWait(CleanupWaitArgs),
+
+    /// Print the Kubernetes objects that install reflektor on every node.
+    ///
+    /// `reflektor manifests | kubectl apply -f -` installs the DaemonSet
+    /// (init container `configuration`, container `registry`), its Services
+    /// and ServiceAccount; --cleanup prints what uninstalls it cleanly. The
+    /// defaults are `deploy/` in the source tree.
+    Manifests(Box<ManifestsArgs>),
 
     /// Run the mirror: serve this node's images to the other nodes.
     ///
@@ -421,8 +432,10 @@ pub enum BootstrapKind {
 
 #[derive(Debug, Args)]
 pub struct ConfigurationArgs {
+    /// containerd is asked (or its config file read) whether its registry
+    /// config_path includes the directory written to, before anything is.
     #[command(flatten)]
-    pub registry_config_path: RegistryConfigPathArgs,
+    pub containerd: ContainerdArgs,
 
     #[command(flatten)]
     pub mirror: MirrorArgs,
@@ -485,4 +498,138 @@ pub struct CleanupWaitArgs {
     /// Time between rounds, a Go duration.
     #[arg(long, env = "PERIOD", default_value = "2s")]
     pub period: GoDuration,
+}
+
+/// Where a Kubernetes distribution runs containerd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Preset {
+    /// /run/containerd, /var/lib/containerd, /etc/containerd: kubeadm,
+    /// kind, most distributions.
+    Standard,
+    /// The containerd embedded in k3s.
+    K3s,
+    /// The containerd embedded in rke2.
+    Rke2,
+}
+
+/// `reflektor manifests`. None of these read the environment: a DaemonSet's
+/// variables are the agent's, not the generator's.
+#[derive(Debug, Args)]
+pub struct ManifestsArgs {
+    /// Namespace for every object; created with the Pod Security label that
+    /// admits host networking and host paths.
+    #[arg(long, default_value = "reflektor")]
+    pub namespace: String,
+
+    /// The agent's image [default: ghcr.io/reflektor/reflektor:<this version>].
+    #[arg(long)]
+    pub image: Option<String>,
+
+    /// Where containerd's socket, content store, certs.d and config are.
+    #[arg(long, value_enum, default_value = "standard")]
+    pub preset: Preset,
+
+    /// containerd's socket, overriding the preset.
+    #[arg(long, value_name = "PATH")]
+    pub containerd_sock: Option<String>,
+
+    /// containerd's content store, overriding the preset.
+    #[arg(long, value_name = "PATH")]
+    pub containerd_content_path: Option<String>,
+
+    /// The certs.d directory in containerd's registry config_path,
+    /// overriding the preset.
+    #[arg(long, value_name = "PATH")]
+    pub containerd_registry_config_path: Option<String>,
+
+    /// containerd's config file, overriding the preset.
+    #[arg(long, value_name = "PATH")]
+    pub containerd_config: Option<String>,
+
+    /// Registries to mirror, such as https://docker.io; none means every
+    /// registry.
+    #[arg(long, value_name = "URL", num_args = 1.., value_delimiter = ',')]
+    pub mirrored_registries: Vec<MirroredRegistry>,
+
+    /// Mirrors containerd tries after the node's own agent.
+    #[arg(long, value_name = "URL", num_args = 1.., value_delimiter = ',')]
+    pub additional_mirror_targets: Vec<MirrorTarget>,
+
+    /// As the agent's --resolve-tags.
+    #[arg(long, value_name = "BOOL", action = ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_value = "true", default_missing_value = "true",
+          value_parser = BoolishValueParser::new())]
+    pub resolve_tags: bool,
+
+    /// As `configuration`'s --prepend-existing.
+    #[arg(long, value_name = "BOOL", action = ArgAction::Set, num_args = 0..=1,
+          require_equals = true, default_value = "false", default_missing_value = "true",
+          value_parser = BoolishValueParser::new())]
+    pub prepend_existing: bool,
+
+    /// The agent's registry port on every node (host network).
+    #[arg(long, default_value_t = 5000)]
+    pub registry_port: u16,
+
+    /// The agent's libp2p port on every node.
+    #[arg(long, default_value_t = 5001)]
+    pub router_port: u16,
+
+    /// The agent's metrics port on every node.
+    #[arg(long, default_value_t = 9090)]
+    pub metrics_port: u16,
+
+    /// The host directory that keeps each node's identity.
+    #[arg(long, default_value = "/var/lib/reflektor")]
+    pub data_dir: String,
+
+    /// The cluster's DNS domain, for the bootstrap Service's name.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+
+    /// The agents' priority class; empty for none.
+    #[arg(long, default_value = "system-node-critical")]
+    pub priority_class_name: String,
+
+    #[arg(long, default_value = "10m")]
+    pub cpu_request: String,
+
+    #[arg(long, default_value = "64Mi")]
+    pub memory_request: String,
+
+    #[arg(long, default_value = "256Mi")]
+    pub memory_limit: String,
+
+    /// Taints to tolerate, repeated: KEY, KEY=VALUE, either with :EFFECT,
+    /// "all" (the default: a node the agent skips pulls everything from
+    /// the upstream) or "none".
+    #[arg(long = "toleration", value_name = "SPEC")]
+    pub tolerations: Vec<String>,
+
+    /// Node labels the agents need, repeated KEY=VALUE
+    /// [default: kubernetes.io/os=linux].
+    #[arg(long = "node-selector", value_name = "KEY=VALUE")]
+    pub node_selector: Vec<String>,
+
+    /// Add a Prometheus Operator ServiceMonitor.
+    #[arg(long)]
+    pub service_monitor: bool,
+
+    /// Add a Grafana dashboard, as a ConfigMap Grafana's sidecar picks up.
+    #[arg(long)]
+    pub grafana_dashboard: bool,
+
+    /// The agents' log level.
+    #[arg(long, default_value = "info")]
+    pub agent_log_level: String,
+
+    /// Print the uninstall objects instead: `cleanup` on every node, and a
+    /// Job that completes once every node is clean.
+    #[arg(long)]
+    pub cleanup: bool,
+
+    /// Write reflektor.yaml, cleanup/cleanup.yaml and their
+    /// kustomization.yaml files here instead of printing.
+    #[arg(long, value_name = "DIR", conflicts_with = "cleanup")]
+    pub out_dir: Option<PathBuf>,
 }

@@ -305,6 +305,10 @@ fn pick<T>(
     }
 }
 
+/// The name of the check that containerd reads the directory reflektor
+/// writes to; `configuration` runs it before writing.
+pub const CONFIG_PATH_CHECK: &str = "registry config_path";
+
 fn config_path_check(
     target: &Target,
     cri: Option<&CriStatus>,
@@ -314,7 +318,7 @@ fn config_path_check(
     let wanted = target.registry_config_path.display().to_string();
     if cri.is_some_and(CriStatus::lacks_config_path) {
         return Check {
-            check: "registry config_path".to_owned(),
+            check: CONFIG_PATH_CHECK.to_owned(),
             status: Status::Fail,
             detail: "this containerd's CRI plugin has no registry config_path setting (it \
                      arrived in containerd 1.5.0), so it ignores hosts.toml mirror files \
@@ -366,7 +370,7 @@ fn config_path_check(
         ),
     };
     Check {
-        check: "registry config_path".to_owned(),
+        check: CONFIG_PATH_CHECK.to_owned(),
         status,
         detail,
         source: source.describe(),

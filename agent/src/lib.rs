@@ -13,6 +13,7 @@ pub mod doctor;
 pub mod duration;
 pub mod errors;
 pub mod http_client;
+pub mod manifests;
 pub mod metrics;
 pub mod mirror_config;
 pub mod oci;

@@ -18,8 +18,9 @@ const LAYERS: &[&[&str]] = &[
     // What a node holds, how containerd is pointed at the mirror, and
     // whether containerd can work with it.
     &["store", "mirror_config", "doctor"],
-    // The parts `cmd` composes: none imports another.
-    &["state", "routing", "registry"],
+    // The parts `cmd` composes, and the objects that deploy them: none
+    // imports another.
+    &["state", "routing", "registry", "manifests"],
     // How the router finds its first peers.
     &["bootstrap"],
     // Argument definitions.

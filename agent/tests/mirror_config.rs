@@ -19,7 +19,11 @@ fn reflektor(args: &[&str], env: &[(&str, &str)]) -> Output {
     ] {
         command.env_remove(name);
     }
+    // No containerd here: doctor's config_path check can read nothing, which
+    // warns and writes; the tests that want the check give a config file.
     command
+        .env("CONTAINERD_SOCK", "/nonexistent/containerd.sock")
+        .env("CONTAINERD_CONFIG", "/nonexistent/config.toml")
         .args(args)
         .envs(env.iter().copied())
         .output()
@@ -176,4 +180,55 @@ fn a_config_path_that_is_a_file_exits_1_and_is_left_alone() {
         assert!(stderr.contains("is not a directory. Fix:"), "{stderr}");
     }
     assert_eq!(fs::read_to_string(&path).unwrap(), "not a directory");
+}
+
+/// A containerd config file whose registry config_path is `config_path`.
+fn containerd_config(dir: &Path, config_path: &str) -> String {
+    let file = dir.join("config.toml");
+    fs::write(
+        &file,
+        format!(
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"{config_path}\"\n"
+        ),
+    )
+    .unwrap();
+    file.to_str().unwrap().to_owned()
+}
+
+/// Mounted at another path than containerd reads, `configuration` once
+/// wrote hosts.toml files containerd never read, over another deployment's:
+/// now it checks first, and writes nothing.
+#[test]
+fn a_directory_containerd_does_not_read_is_refused_before_anything_is_written() {
+    let (tmp, path) = config_path();
+    fs::create_dir_all(&path).unwrap();
+    let config = containerd_config(tmp.path(), "/etc/containerd/certs.d");
+    let output = reflektor(
+        &[
+            "configuration",
+            &format!("--containerd-registry-config-path={path}"),
+            &format!("--containerd-config={config}"),
+            "--mirror-targets=http://10.0.0.1:30020",
+        ],
+        &[],
+    );
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nothing was written"), "{stderr}");
+    assert!(stderr.contains("does not include"), "{stderr}");
+    assert!(stderr.contains("fix: "), "{stderr}");
+    assert_eq!(fs::read_dir(&path).unwrap().count(), 0, "wrote something");
+
+    let config = containerd_config(tmp.path(), &path);
+    let output = reflektor(
+        &[
+            "configuration",
+            &format!("--containerd-registry-config-path={path}"),
+            &format!("--containerd-config={config}"),
+            "--mirror-targets=http://10.0.0.1:30020",
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(Path::new(&path).join("_default/hosts.toml").is_file());
 }

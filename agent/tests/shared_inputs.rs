@@ -97,11 +97,11 @@ fn parse_in_child() {
             mirror(&mut shared, &args.mirror);
         }
         Sub::Configuration(args) => {
-            config_path(&mut shared, &args.registry_config_path);
+            containerd(&mut shared, &args.containerd);
             mirror(&mut shared, &args.mirror);
         }
         Sub::Cleanup(args) => config_path(&mut shared, &args.registry_config_path),
-        Sub::CheckVersion(_) | Sub::CleanupWait(_) => {}
+        Sub::CheckVersion(_) | Sub::CleanupWait(_) | Sub::Manifests(_) => {}
     }
     println!("PARSED {}", json!(shared));
 }

@@ -90,6 +90,10 @@ impl Reflektor {
             cmd.arg("configuration")
                 .arg("--containerd-registry-config-path")
                 .arg(node.certs_dir())
+                .arg("--containerd-sock")
+                .arg(node.socket())
+                .arg("--containerd-config")
+                .arg(node.config_file())
                 .arg(format!("--mirrored-registries=http://{upstream}"))
                 .arg(format!("--mirror-targets=http://{}", agent.addr()))
         })?;

@@ -25,7 +25,7 @@ pub async fn run(args: &DoctorArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn target(args: &ContainerdArgs) -> Target {
+pub fn target(args: &ContainerdArgs) -> Target {
     Target {
         containerd_sock: args.containerd_sock.clone(),
         containerd_config: args.containerd_config.clone(),

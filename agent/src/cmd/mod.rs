@@ -7,6 +7,7 @@ mod cleanup;
 mod configuration;
 mod doctor;
 mod listen;
+mod manifests;
 mod peers;
 mod registry;
 mod signals;
@@ -19,9 +20,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::CheckVersion(args) => Ok(check_version::run(&args)),
         Command::Doctor(args) => doctor::run(&args).await,
-        Command::Configuration(args) => configuration::configure(args),
+        Command::Configuration(args) => configuration::configure(args).await,
         Command::Cleanup(args) => cleanup::cleanup(&args).await,
         Command::CleanupWait(args) => cleanup::wait(&args).await,
+        Command::Manifests(args) => manifests::run(&args),
         Command::Registry(args) => registry::run(&args).await,
     }
 }

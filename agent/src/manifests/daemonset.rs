@@ -1,0 +1,329 @@
+//! The agent's DaemonSet: `configuration` as the init container, then
+//! `registry`, with the host paths each reads and writes.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use k8s_openapi::api::apps::v1::{
+    DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    HostPathVolumeSource, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{BOOTSTRAP_SERVICE, NAME, Options, labels, metadata};
+
+/// A host directory and where containers see it: always at the same path,
+/// because what the agent writes (hosts.toml) and reads (config_path, the
+/// socket) is named by host paths in containerd's own configuration.
+struct HostDir {
+    volume: &'static str,
+    path: String,
+    kind: &'static str,
+}
+
+impl HostDir {
+    fn volume(&self) -> Volume {
+        Volume {
+            name: self.volume.to_owned(),
+            host_path: Some(HostPathVolumeSource {
+                path: self.path.clone(),
+                type_: Some(self.kind.to_owned()),
+            }),
+            ..Volume::default()
+        }
+    }
+
+    fn mount(&self, read_only: bool) -> VolumeMount {
+        VolumeMount {
+            name: self.volume.to_owned(),
+            mount_path: self.path.clone(),
+            read_only: Some(read_only),
+            ..VolumeMount::default()
+        }
+    }
+}
+
+fn parent(path: &str) -> String {
+    Path::new(path)
+        .parent()
+        .map_or_else(|| "/".to_owned(), |p| p.display().to_string())
+}
+
+struct HostDirs {
+    /// The socket's directory: after a containerd restart the new socket
+    /// appears in it, where a mounted socket file would stay the old one.
+    socket: HostDir,
+    content: HostDir,
+    certs_d: HostDir,
+    /// containerd's config directory, so that doctor's checks can read a
+    /// containerd 2.x config (and its imports) from inside the pod.
+    config: HostDir,
+    data: HostDir,
+}
+
+impl HostDirs {
+    fn new(options: &Options) -> Self {
+        let c = &options.containerd;
+        HostDirs {
+            socket: HostDir {
+                volume: "containerd-socket-dir",
+                path: parent(&c.socket),
+                kind: "Directory",
+            },
+            content: HostDir {
+                volume: "containerd-content",
+                path: c.content.clone(),
+                kind: "Directory",
+            },
+            certs_d: HostDir {
+                volume: "containerd-certs-d",
+                path: c.certs_d.clone(),
+                kind: "DirectoryOrCreate",
+            },
+            config: HostDir {
+                volume: "containerd-config-dir",
+                path: parent(&c.config),
+                kind: "Directory",
+            },
+            data: HostDir {
+                volume: "data",
+                path: options.data_dir.clone(),
+                kind: "DirectoryOrCreate",
+            },
+        }
+    }
+}
+
+/// The node's IP, for the mirror target and listen addresses.
+fn node_ip() -> EnvVar {
+    EnvVar {
+        name: "NODE_IP".to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "status.hostIP".to_owned(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// Root without capabilities: the socket, the content store and certs.d are
+/// root's files, which their owner reaches without any capability.
+pub(super) fn security_context() -> SecurityContext {
+    SecurityContext {
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        run_as_user: Some(0),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("registry".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+fn port(name: &str, port: u16) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: i32::from(port),
+        protocol: Some("TCP".to_owned()),
+        ..ContainerPort::default()
+    }
+}
+
+fn bool_flag(name: &str, value: bool) -> String {
+    format!("--{name}={value}")
+}
+
+/// `--mirrored-registries A B`, the list form both commands take.
+fn registries(options: &Options) -> Vec<String> {
+    if options.mirrored_registries.is_empty() {
+        return Vec::new();
+    }
+    let mut args = vec!["--mirrored-registries".to_owned()];
+    args.extend(options.mirrored_registries.iter().map(ToString::to_string));
+    args
+}
+
+fn containerd_args(options: &Options) -> Vec<String> {
+    let c = &options.containerd;
+    vec![
+        format!("--containerd-sock={}", c.socket),
+        format!("--containerd-config={}", c.config),
+        format!("--containerd-registry-config-path={}", c.certs_d),
+    ]
+}
+
+fn init_container(options: &Options, dirs: &HostDirs) -> Container {
+    let mut args = vec![
+        "configuration".to_owned(),
+        format!("--log-level={}", options.log_level),
+    ];
+    args.extend(containerd_args(options));
+    args.push("--mirror-targets".to_owned());
+    args.push(format!("http://$(NODE_IP):{}", options.ports.registry));
+    args.extend(
+        options
+            .additional_mirror_targets
+            .iter()
+            .map(ToString::to_string),
+    );
+    args.extend(registries(options));
+    args.push(bool_flag("resolve-tags", options.resolve_tags));
+    args.push(bool_flag("prepend-existing", options.prepend_existing));
+    Container {
+        name: "configuration".to_owned(),
+        image: Some(options.image.clone()),
+        args: Some(args),
+        env: Some(vec![node_ip()]),
+        // A parent before what is mounted inside it (certs.d usually sits in
+        // containerd's config directory).
+        volume_mounts: Some(vec![
+            dirs.config.mount(true),
+            dirs.certs_d.mount(false),
+            dirs.socket.mount(false),
+        ]),
+        security_context: Some(security_context()),
+        resources: Some(resources(options)),
+        ..Container::default()
+    }
+}
+
+fn registry_container(options: &Options, dirs: &HostDirs) -> Container {
+    let p = options.ports;
+    let mut args = vec![
+        "registry".to_owned(),
+        format!("--log-level={}", options.log_level),
+        format!("--registry-addr=:{}", p.registry),
+        format!("--router-addr=:{}", p.router),
+        format!("--metrics-addr=:{}", p.metrics),
+    ];
+    args.extend(containerd_args(options));
+    args.extend([
+        "--containerd-namespace=k8s.io".to_owned(),
+        format!("--containerd-content-path={}", options.containerd.content),
+        "--bootstrap-kind=dns".to_owned(),
+        format!(
+            "--dns-bootstrap-domain={BOOTSTRAP_SERVICE}.{}.svc.{}.",
+            options.namespace, options.cluster_domain
+        ),
+        format!("--data-dir={}", options.data_dir),
+    ]);
+    args.extend(registries(options));
+    args.push(bool_flag("resolve-tags", options.resolve_tags));
+    Container {
+        name: "registry".to_owned(),
+        image: Some(options.image.clone()),
+        args: Some(args),
+        env: Some(vec![node_ip()]),
+        ports: Some(vec![
+            port("registry", p.registry),
+            port("router", p.router),
+            port("metrics", p.metrics),
+        ]),
+        // Start-up gets a minute: doctor's checks, the store, and the first
+        // bootstrap round. Then readiness is "can serve", liveness "runs".
+        startup_probe: Some(probe("/readyz", 2, 30)),
+        readiness_probe: Some(probe("/readyz", 5, 3)),
+        liveness_probe: Some(probe("/livez", 10, 3)),
+        volume_mounts: Some(vec![
+            dirs.config.mount(true),
+            dirs.certs_d.mount(true),
+            dirs.socket.mount(false),
+            dirs.content.mount(true),
+            dirs.data.mount(false),
+        ]),
+        security_context: Some(security_context()),
+        resources: Some(resources(options)),
+        ..Container::default()
+    }
+}
+
+fn resources(options: &Options) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_owned(), Quantity(options.cpu_request.clone())),
+            (
+                "memory".to_owned(),
+                Quantity(options.memory_request.clone()),
+            ),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_owned(),
+            Quantity(options.memory_limit.clone()),
+        )])),
+        ..ResourceRequirements::default()
+    }
+}
+
+pub fn agent(options: &Options) -> DaemonSet {
+    let dirs = HostDirs::new(options);
+    DaemonSet {
+        metadata: metadata(NAME, options, "agent"),
+        spec: Some(DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(labels("agent")),
+                ..LabelSelector::default()
+            },
+            update_strategy: Some(DaemonSetUpdateStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDaemonSet {
+                    max_unavailable: Some(IntOrString::String("10%".to_owned())),
+                    ..RollingUpdateDaemonSet::default()
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels("agent")),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(NAME.to_owned()),
+                    automount_service_account_token: Some(false),
+                    host_network: Some(true),
+                    // Cluster DNS for the bootstrap Service, from the host
+                    // network.
+                    dns_policy: Some("ClusterFirstWithHostNet".to_owned()),
+                    priority_class_name: options.priority_class_name.clone(),
+                    tolerations: Some(options.tolerations.clone()),
+                    node_selector: Some(options.node_selector.clone()),
+                    termination_grace_period_seconds: Some(30),
+                    init_containers: Some(vec![init_container(options, &dirs)]),
+                    containers: vec![registry_container(options, &dirs)],
+                    volumes: Some(vec![
+                        dirs.socket.volume(),
+                        dirs.content.volume(),
+                        dirs.certs_d.volume(),
+                        dirs.config.volume(),
+                        dirs.data.volume(),
+                    ]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DaemonSetSpec::default()
+        }),
+        ..DaemonSet::default()
+    }
+}
