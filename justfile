@@ -29,6 +29,10 @@ lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
 
+# The agent's image, target/image/reflektor.oci.tar, from the release build.
+image: build-release
+    cargo run -q -p reflektor-e2e -- image
+
 # Regenerate deploy/ (the default manifests) from the generator.
 manifests: build
     ./target/debug/reflektor manifests --out-dir deploy

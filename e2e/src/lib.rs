@@ -2,6 +2,7 @@
 //! run as isolated nodes, and the real agent binary run against them.
 
 pub mod agent;
+pub mod agent_image;
 pub mod cluster;
 pub mod cri;
 pub mod demo;

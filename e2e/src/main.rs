@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use reflektor_e2e::agent::Reflektor;
 use reflektor_e2e::cluster::{self, ClusterSpec};
 use reflektor_e2e::report::Column;
-use reflektor_e2e::{demo, matrix, packages};
+use reflektor_e2e::{agent_image, demo, matrix, packages};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -55,6 +55,19 @@ enum Command {
     /// A three-node cluster (Debian bookworm, trixie, sid): one node pulls from the
     /// upstream, the upstream goes offline, the other two pull through their peers.
     Demo,
+    /// Build the agent's image: an OCI image-layout archive holding the binary and the
+    /// libraries it links, reproducible from the same binary.
+    Image {
+        /// The agent binary to package.
+        #[arg(long, value_name = "FILE", default_value_os_t = workspace_path("target/release/reflektor"))]
+        binary: PathBuf,
+        /// Where the archive goes.
+        #[arg(long, value_name = "FILE", default_value_os_t = workspace_path("target/image/reflektor.oci.tar"))]
+        out: PathBuf,
+        /// The reference the image is named by when imported.
+        #[arg(long, default_value = concat!("ghcr.io/reflektor/reflektor:", env!("CARGO_PKG_VERSION")))]
+        name: String,
+    },
     /// List the clusters and the checks that --only and --filter select from.
     List {
         #[arg(long, value_name = "DIR", default_value_os_t = cluster::default_cluster_dir())]
@@ -95,6 +108,25 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             let checks: Vec<_> = Column::ALL.iter().map(|c| c.key()).collect();
             println!("\nchecks: {}", checks.join(", "));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Image { binary, out, name } => {
+            let built = agent_image::build(&agent_image::ImageSpec::at_head(binary, name), &out)?;
+            println!("image: {}", built.archive.display());
+            println!("manifest: {}", built.manifest_digest);
+            println!(
+                "size: {:.2} MiB compressed (layer {:.2} MiB)",
+                built.archive_bytes as f64 / 1048576.0,
+                built.layer_bytes as f64 / 1048576.0
+            );
+            for library in &built.libraries {
+                println!(
+                    "library: {} from {} {}",
+                    library.path.display(),
+                    library.package,
+                    library.version
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo => {
@@ -171,4 +203,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// A path inside the workspace, wherever the command runs from.
+fn workspace_path(relative: &str) -> PathBuf {
+    let e2e = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    e2e.parent().unwrap_or(e2e).join(relative)
 }

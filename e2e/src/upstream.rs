@@ -212,31 +212,12 @@ impl Upstream {
             )
         })?;
         let by_tag = format!("{}/{repo}:{}", self.addr, image.tag);
-        let mut skopeo = tokio::process::Command::new(SKOPEO_BIN);
-        // The host's policy.json is not ours to depend on; the images are our own.
-        skopeo.args(["--insecure-policy", "copy", "--preserve-digests"]);
-        skopeo.args(["--dest-tls-verify=false", "--quiet"]);
-        if image.is_index() {
-            skopeo.args(["--multi-arch", "all"]);
-        }
-        skopeo
-            .arg(format!("oci:{dir}:{}", image.tag))
-            .arg(format!("docker://{by_tag}"));
-        let output = skopeo
-            .stdin(Stdio::null())
-            .output()
-            .await
-            .with_context(|| {
-                format!("could not run {SKOPEO_BIN}; install Debian's skopeo package")
-            })?;
-        ensure!(
-            output.status.success(),
-            "{skopeo:?} failed with {}:\n{}\nregistry log {}:\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim(),
-            self.log_file.display(),
-            log_tail(&self.log_file)
-        );
+        self.copy(
+            &format!("oci:{dir}:{}", image.tag),
+            &by_tag,
+            image.is_index(),
+        )
+        .await?;
 
         let served = self.manifest(repo, &image.tag).await?;
         ensure!(
@@ -259,6 +240,58 @@ impl Upstream {
             by_digest: format!("{}/{repo}@{}", self.addr, image.target.digest),
             by_tag,
         })
+    }
+
+    /// Pushes an OCI image-layout archive (such as the agent's own image) to
+    /// `<repo>:<tag>`; returns the reference and the manifest digest served.
+    pub async fn push_archive(
+        &self,
+        archive: &Path,
+        repo: &str,
+        tag: &str,
+    ) -> Result<(String, String)> {
+        let path = archive
+            .to_str()
+            .filter(|p| !p.contains(':'))
+            .with_context(|| {
+                format!(
+                    "skopeo cannot name the archive {}: the path must be UTF-8 without ':'",
+                    archive.display()
+                )
+            })?;
+        let by_tag = format!("{}/{repo}:{tag}", self.addr);
+        self.copy(&format!("oci-archive:{path}"), &by_tag, false)
+            .await?;
+        let (digest, _) = self.manifest(repo, tag).await?;
+        Ok((by_tag, digest))
+    }
+
+    /// `skopeo copy` from `source` to this registry, digests kept.
+    async fn copy(&self, source: &str, by_tag: &str, multi_arch: bool) -> Result<()> {
+        let mut skopeo = tokio::process::Command::new(SKOPEO_BIN);
+        // The host's policy.json is not ours to depend on; the images are our own.
+        skopeo.args(["--insecure-policy", "copy", "--preserve-digests"]);
+        skopeo.args(["--dest-tls-verify=false", "--quiet"]);
+        if multi_arch {
+            skopeo.args(["--multi-arch", "all"]);
+        }
+        skopeo.arg(source).arg(format!("docker://{by_tag}"));
+        let output = skopeo
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .with_context(|| {
+                format!("could not run {SKOPEO_BIN}; install Debian's skopeo package")
+            })?;
+        ensure!(
+            output.status.success(),
+            "{skopeo:?} failed with {}:\n{}\nregistry log {}:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim(),
+            self.log_file.display(),
+            log_tail(&self.log_file)
+        );
+        Ok(())
     }
 
     /// The digest and media type the registry serves `repo:reference` as, after
