@@ -30,6 +30,8 @@ use oci_spec::image::{
 };
 use sha2::{Digest as _, Sha256};
 
+use crate::image::canonical_json;
+
 /// Where the binary goes in the image.
 const ENTRYPOINT: &str = "/usr/bin/reflektor";
 const PACKAGES_FILE: &str = "usr/share/reflektor/packages";
@@ -221,13 +223,6 @@ pub fn build(spec: &ImageSpec, archive: &Path) -> Result<BuiltImage> {
 }
 
 use std::collections::HashMap;
-
-/// JSON with every object's keys sorted: oci-spec keeps labels and
-/// annotations in hash maps, whose order (and so the digest) would change
-/// from run to run.
-fn canonical_json(value: &impl serde::Serialize) -> Result<Vec<u8>> {
-    Ok(serde_json::to_vec(&serde_json::to_value(value)?)?)
-}
 
 fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

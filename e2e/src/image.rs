@@ -13,11 +13,13 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::str::FromStr;
+
 use anyhow::{Context, Result, bail, ensure};
 use flate2::{Compression, write::GzEncoder};
+use oci_spec::image as oci;
 use rand::{RngCore, SeedableRng, rngs::SmallRng};
 use serde::Serialize;
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tempfile::NamedTempFile;
 
@@ -37,6 +39,17 @@ const MTIME: u64 = 1_704_067_200;
 /// Noise is drawn from the generator in whole blocks, so that the bytes a layer gets do
 /// not depend on how its readers happen to slice their reads.
 const NOISE_BLOCK: usize = 64 * 1024;
+
+impl Descriptor {
+    /// The same descriptor as oci-spec's type, for building manifests and indexes.
+    pub fn to_oci(&self) -> Result<oci::Descriptor> {
+        Ok(oci::DescriptorBuilder::default()
+            .media_type(oci::MediaType::from(self.media_type.as_str()))
+            .digest(oci::Digest::from_str(&self.digest)?)
+            .size(self.size)
+            .build()?)
+    }
+}
 
 /// An OCI content descriptor, serialized as the specification spells it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -234,22 +247,24 @@ impl OciLayout {
             .iter()
             .map(|platform| self.build_platform(tag, platform, layers))
             .collect::<Result<Vec<_>>>()?;
-        let manifests: Vec<Value> = images
+        let manifests = images
             .iter()
             .map(|image| {
-                let mut entry = serde_json::to_value(&image.manifest)?;
-                entry["platform"] = json!({
-                    "architecture": image.platform.architecture,
-                    "os": image.platform.os,
-                });
+                let mut entry = image.manifest.to_oci()?;
+                entry.set_platform(Some(
+                    oci::PlatformBuilder::default()
+                        .architecture(oci::Arch::from(image.platform.architecture.as_str()))
+                        .os(oci::Os::from(image.platform.os.as_str()))
+                        .build()?,
+                ));
                 Ok(entry)
             })
-            .collect::<Result<_>>()?;
-        let index = json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_INDEX,
-            "manifests": manifests,
-        });
+            .collect::<Result<Vec<_>>>()?;
+        let index = oci::ImageIndexBuilder::default()
+            .schema_version(oci::SCHEMA_VERSION)
+            .media_type(oci::MediaType::ImageIndex)
+            .manifests(manifests)
+            .build()?;
         let target = self.put_json(OCI_INDEX, &index)?;
         self.tag(TestImage {
             tag: tag.to_owned(),
@@ -292,22 +307,34 @@ impl OciLayout {
                 .with_context(|| format!("building layer {n} of {tag} for {platform:?}"))?;
             layers.push(layer);
         }
-        let config = json!({
-            "architecture": platform.architecture,
-            "os": platform.os,
-            "config": {},
-            "rootfs": {
-                "type": "layers",
-                "diff_ids": layers.iter().map(|layer| &layer.diff_id).collect::<Vec<_>>(),
-            },
-        });
+        let config = oci::ImageConfigurationBuilder::default()
+            .architecture(oci::Arch::from(platform.architecture.as_str()))
+            .os(oci::Os::from(platform.os.as_str()))
+            .config(oci::Config::default())
+            .rootfs(
+                oci::RootFsBuilder::default()
+                    .typ("layers")
+                    .diff_ids(
+                        layers
+                            .iter()
+                            .map(|layer| layer.diff_id.clone())
+                            .collect::<Vec<_>>(),
+                    )
+                    .build()?,
+            )
+            .build()?;
         let config = self.put_json(OCI_CONFIG, &config)?;
-        let manifest = json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": config,
-            "layers": layers.iter().map(|layer| &layer.blob).collect::<Vec<_>>(),
-        });
+        let manifest = oci::ImageManifestBuilder::default()
+            .schema_version(oci::SCHEMA_VERSION)
+            .media_type(oci::MediaType::ImageManifest)
+            .config(config.to_oci()?)
+            .layers(
+                layers
+                    .iter()
+                    .map(|layer| layer.blob.to_oci())
+                    .collect::<Result<Vec<_>>>()?,
+            )
+            .build()?;
         let manifest = self.put_json(OCI_MANIFEST, &manifest)?;
         Ok(PlatformImage {
             platform: platform.clone(),
@@ -357,8 +384,8 @@ impl OciLayout {
         })
     }
 
-    fn put_json(&self, media_type: &str, value: &Value) -> Result<Descriptor> {
-        let bytes = serde_json::to_vec(value).context("serializing JSON")?;
+    fn put_json(&self, media_type: &str, value: &impl Serialize) -> Result<Descriptor> {
+        let bytes = canonical_json(value)?;
         let descriptor = Descriptor {
             media_type: media_type.to_owned(),
             digest: sha256_digest(&bytes),
@@ -377,21 +404,21 @@ impl OciLayout {
 
     /// Rewritten after every image, so the layout on disk is complete between calls.
     fn write_index(&self) -> Result<()> {
-        let manifests: Vec<Value> = self
+        let manifests = self
             .images
             .iter()
             .map(|image| {
-                let mut entry = serde_json::to_value(&image.target)?;
-                entry["annotations"] = json!({ REF_NAME: image.tag });
+                let mut entry = image.target.to_oci()?;
+                entry.set_annotations(Some([(REF_NAME.to_owned(), image.tag.clone())].into()));
                 Ok(entry)
             })
-            .collect::<Result<_>>()?;
-        let index = json!({
-            "schemaVersion": 2,
-            "mediaType": OCI_INDEX,
-            "manifests": manifests,
-        });
-        self.write_file("index.json", &serde_json::to_vec(&index)?)
+            .collect::<Result<Vec<_>>>()?;
+        let index = oci::ImageIndexBuilder::default()
+            .schema_version(oci::SCHEMA_VERSION)
+            .media_type(oci::MediaType::ImageIndex)
+            .manifests(manifests)
+            .build()?;
+        self.write_file("index.json", &canonical_json(&index)?)
     }
 
     fn write_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
@@ -401,6 +428,13 @@ impl OciLayout {
 }
 
 /// `sha256:<hex>` of `bytes`.
+/// JSON with every object's keys sorted: oci-spec keeps annotations and
+/// labels in hash maps, whose order (and so a digest) would change from run
+/// to run.
+pub fn canonical_json(value: &impl Serialize) -> Result<Vec<u8>> {
+    Ok(serde_json::to_vec(&serde_json::to_value(value)?)?)
+}
+
 pub fn sha256_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
@@ -528,6 +562,8 @@ mod tests {
     use std::fs::File;
 
     use flate2::read::GzDecoder;
+
+    use serde_json::{Value, json};
 
     use super::*;
 
