@@ -18,7 +18,7 @@ pub struct GoDuration {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
     "{input:?} is not a duration; expected a positive Go duration such as \"200ms\", \"1s\" \
-     or \"1m30s\" (units ns, us, ms, s, m, h)"
+     or \"1m30s\" (units ns, us, ms, s, m, h; at most 2562047h)"
 )]
 pub struct DurationError {
     input: String,
@@ -83,6 +83,11 @@ impl FromStr for GoDuration {
             nanos += value * unit_nanos(&rest[..unit_len]).ok_or_else(invalid)?;
             rest = &rest[unit_len..];
         }
+        // Go's limit: about 2 562 047 hours. containerd ignores a whole
+        // hosts.toml whose dial_timeout it cannot parse.
+        if nanos > i64::MAX as f64 {
+            return Err(invalid());
+        }
         let duration = Duration::try_from_secs_f64(nanos / 1e9).map_err(|_| invalid())?;
         Ok(GoDuration {
             text: input.to_owned(),
@@ -122,7 +127,9 @@ mod tests {
 
     #[test]
     fn what_go_refuses_is_refused_with_the_expected_form() {
-        for text in ["", "200", "-1s", "+1s", "1d", "1..5s", "ms", ".s", "1 s"] {
+        for text in [
+            "", "200", "-1s", "+1s", "1d", "1..5s", "ms", ".s", "1 s", "2562048h",
+        ] {
             let error = text.parse::<GoDuration>().unwrap_err().to_string();
             assert!(
                 error.contains("expected a positive Go duration"),

@@ -64,11 +64,22 @@ impl ImageSpec {
                 .filter(|o| o.status.success())
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         };
+        // A tree with changes is not the commit: say so in the label.
+        let dirty = Command::new("git")
+            .args(["status", "--porcelain", "--untracked-files=no"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .is_ok_and(|o| o.status.success() && !o.stdout.is_empty());
+        let revision = git("%H").unwrap_or_else(|| "unknown".to_owned());
         ImageSpec {
             binary,
             name,
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            revision: git("%H").unwrap_or_else(|| "unknown".to_owned()),
+            revision: if dirty {
+                format!("{revision}-dirty")
+            } else {
+                revision
+            },
             created: git("%ct").and_then(|t| t.parse().ok()).unwrap_or(0),
         }
     }
@@ -101,7 +112,9 @@ pub fn build(spec: &ImageSpec, archive: &Path) -> Result<BuiltImage> {
          image` does)",
         spec.binary.display()
     );
+    ensure_x86_64(&spec.binary)?;
     let libraries = linked_libraries(&spec.binary)?;
+    ensure_nss_built_in(&libraries)?;
     let stripped = strip(&spec.binary)?;
     let files = image_files(&stripped, &libraries)?;
     let (layer, diff_id) = layer(&files, spec.created)?;
@@ -234,6 +247,50 @@ fn descriptor(media_type: MediaType, bytes: &[u8]) -> Result<Descriptor> {
         .size(bytes.len() as u64)
         .digest(Sha256Digest::from_str(&sha256(bytes))?)
         .build()?)
+}
+
+/// The image is labelled amd64: an ELF for another machine must not end
+/// up in it.
+fn ensure_x86_64(binary: &Path) -> Result<()> {
+    const EM_X86_64: u16 = 62;
+    let mut head = [0u8; 20];
+    std::io::Read::read_exact(&mut fs::File::open(binary)?, &mut head)
+        .with_context(|| format!("reading {}", binary.display()))?;
+    ensure!(
+        &head[..4] == b"\x7fELF",
+        "{} is not an ELF binary",
+        binary.display()
+    );
+    let machine = u16::from_le_bytes([head[18], head[19]]);
+    ensure!(
+        machine == EM_X86_64,
+        "{} is built for ELF machine {machine}, not x86-64; this builder makes amd64 images \
+         (see the README on arm64)",
+        binary.display()
+    );
+    Ok(())
+}
+
+/// DNS lookups (bootstrap, `cleanup-wait`) need glibc's NSS modules, which
+/// `ldd` does not list: they are loaded at run time, unless glibc has them
+/// built in, as from 2.34 on.
+fn ensure_nss_built_in(libraries: &[Library]) -> Result<()> {
+    let libc = libraries
+        .iter()
+        .find(|l| l.package.starts_with("libc6"))
+        .context("the binary links no glibc from libc6")?;
+    let mut numbers = libc
+        .version
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    ensure!(
+        (major, minor) >= (2, 34),
+        "glibc {} keeps its NSS modules apart, and this image would not carry them, so DNS \
+         would fail in it; build on Debian 12, Ubuntu 22.04 or newer",
+        libc.version
+    );
+    Ok(())
 }
 
 /// `ldd`'s answer: every library the dynamic loader would load, the loader

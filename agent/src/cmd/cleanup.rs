@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -43,10 +43,18 @@ pub async fn cleanup(args: &CleanupArgs) -> anyhow::Result<ExitCode> {
 
 pub async fn wait(args: &CleanupWaitArgs) -> anyhow::Result<ExitCode> {
     let (host, port) = split_endpoint(&args.probe_endpoint)?;
+    ensure!(
+        !args.period.is_zero(),
+        "--period {}: expected a positive duration such as 2s",
+        args.period
+    );
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     let mut rounds = tokio::time::interval(args.period.get());
+    // A slow lookup must not make the next rounds fire back to back.
+    rounds.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut in_a_row = 0;
+    let mut counted: Option<Vec<SocketAddr>> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => {
@@ -55,23 +63,36 @@ pub async fn wait(args: &CleanupWaitArgs) -> anyhow::Result<ExitCode> {
             _ = rounds.tick() => {}
         }
         match probe_round(host, port).await {
-            Ok(nodes) => {
+            // Rounds count only while the set of nodes stays the same: a
+            // node whose pod just appeared must answer as often as the rest.
+            Ok(nodes) if counted.as_ref().is_none_or(|before| *before == nodes) => {
                 in_a_row += 1;
                 tracing::info!(
-                    nodes,
+                    nodes = nodes.len(),
                     round = in_a_row,
                     of = args.threshold,
                     "every node is clean"
                 );
                 if in_a_row >= args.threshold {
                     println!(
-                        "cleanup done: every node ({nodes}) answered in {in_a_row} rounds in a row"
+                        "cleanup done: every node ({}) answered in {in_a_row} rounds in a row",
+                        nodes.len()
                     );
                     return Ok(ExitCode::SUCCESS);
                 }
+                counted = Some(nodes);
+            }
+            Ok(nodes) => {
+                tracing::info!(
+                    nodes = nodes.len(),
+                    "the set of nodes changed; counting again"
+                );
+                in_a_row = 1;
+                counted = Some(nodes);
             }
             Err(problem) => {
                 in_a_row = 0;
+                counted = None;
                 tracing::info!(%problem, "not every node is clean yet");
             }
         }
@@ -100,13 +121,15 @@ fn split_endpoint(endpoint: &str) -> anyhow::Result<(&str, u16)> {
     Ok((host, port))
 }
 
-/// Asks every address `host` resolves to; the number of nodes when all
+/// Asks every address `host` resolves to; the addresses, sorted, when all
 /// answered 200.
-async fn probe_round(host: &str, port: u16) -> Result<usize, String> {
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+async fn probe_round(host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
         .map_err(|e| format!("cannot resolve {host}: {e}"))?
         .collect();
+    addrs.sort();
+    addrs.dedup();
     if addrs.is_empty() {
         return Err(format!("{host} has no addresses yet"));
     }
@@ -130,7 +153,7 @@ async fn probe_round(host: &str, port: u16) -> Result<usize, String> {
         .filter_map(Result::err)
         .collect();
     if failed.is_empty() {
-        Ok(addrs.len())
+        Ok(addrs)
     } else {
         Err(failed.join("; "))
     }
@@ -164,7 +187,10 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         tokio::spawn(async move { axum::serve(listener, clean).await });
-        assert_eq!(probe_round("127.0.0.1", port).await, Ok(1));
+        assert_eq!(
+            probe_round("127.0.0.1", port).await,
+            Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))])
+        );
 
         let busy = Router::new().route(
             "/readyz",

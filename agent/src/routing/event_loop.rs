@@ -244,7 +244,7 @@ impl EventLoop {
     fn add_peer(&mut self, addr: Multiaddr, reply: oneshot::Sender<Result<PeerId, RoutingError>>) {
         // A trailing `/p2p/<peer id>` is checked against the peer's key. The
         // peer enters the routing table only once connected, so a node that
-        // cannot reach its peers (a wrong pre-shared key) never looks ready.
+        // cannot reach its peers (a wrong pre-shared key) shows no peer.
         let opts = DialOpts::unknown_peer_id().address(addr.clone()).build();
         let connection = opts.connection_id();
         match self.swarm.dial(opts) {
@@ -520,6 +520,7 @@ impl EventLoop {
             } => {
                 self.peers.disconnected(&peer_id, num_established);
                 if num_established == 0 {
+                    tracing::debug!(peer = %peer_id, "peer disconnected");
                     self.peer_settled(peer_id);
                 }
             }

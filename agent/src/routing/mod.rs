@@ -117,7 +117,9 @@ pub struct Provider {
 /// Counters of what the router has done, for metrics and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouterStats {
-    /// Peers in the Kademlia routing table; `/readyz` wants at least one.
+    /// Peers in the Kademlia routing table: `reflektor_peers`, the way to
+    /// tell a node that found nobody (a wrong pre-shared key, say), since it
+    /// is Ready all the same.
     pub routing_table_size: usize,
     /// Peers with an open connection, in the routing table or not.
     pub connected_peers: usize,
