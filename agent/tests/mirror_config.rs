@@ -202,16 +202,20 @@ fn containerd_config(dir: &Path, config_path: &str) -> String {
 fn a_directory_containerd_does_not_read_is_refused_before_anything_is_written() {
     let (tmp, path) = config_path();
     fs::create_dir_all(&path).unwrap();
-    let config = containerd_config(tmp.path(), "/etc/containerd/certs.d");
-    let output = reflektor(
-        &[
-            "configuration",
-            &format!("--containerd-registry-config-path={path}"),
-            &format!("--containerd-config={config}"),
-            "--mirror-targets=http://10.0.0.1:30020",
-        ],
-        &[],
-    );
+    // `configuration` into `path`, with containerd reading `config_path`.
+    let configure = |config_path: &str| {
+        let config = containerd_config(tmp.path(), config_path);
+        reflektor(
+            &[
+                "configuration",
+                &format!("--containerd-registry-config-path={path}"),
+                &format!("--containerd-config={config}"),
+                "--mirror-targets=http://10.0.0.1:30020",
+            ],
+            &[],
+        )
+    };
+    let output = configure("/etc/containerd/certs.d");
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("nothing was written"), "{stderr}");
@@ -219,16 +223,7 @@ fn a_directory_containerd_does_not_read_is_refused_before_anything_is_written() 
     assert!(stderr.contains("fix: "), "{stderr}");
     assert_eq!(fs::read_dir(&path).unwrap().count(), 0, "wrote something");
 
-    let config = containerd_config(tmp.path(), &path);
-    let output = reflektor(
-        &[
-            "configuration",
-            &format!("--containerd-registry-config-path={path}"),
-            &format!("--containerd-config={config}"),
-            "--mirror-targets=http://10.0.0.1:30020",
-        ],
-        &[],
-    );
+    let output = configure(&path);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     assert!(Path::new(&path).join("_default/hosts.toml").is_file());
 }

@@ -260,12 +260,7 @@ impl OciLayout {
                 Ok(entry)
             })
             .collect::<Result<Vec<_>>>()?;
-        let index = oci::ImageIndexBuilder::default()
-            .schema_version(oci::SCHEMA_VERSION)
-            .media_type(oci::MediaType::ImageIndex)
-            .manifests(manifests)
-            .build()?;
-        let target = self.put_json(OCI_INDEX, &index)?;
+        let target = self.put_json(OCI_INDEX, &index(manifests)?)?;
         self.tag(TestImage {
             tag: tag.to_owned(),
             target,
@@ -413,12 +408,7 @@ impl OciLayout {
                 Ok(entry)
             })
             .collect::<Result<Vec<_>>>()?;
-        let index = oci::ImageIndexBuilder::default()
-            .schema_version(oci::SCHEMA_VERSION)
-            .media_type(oci::MediaType::ImageIndex)
-            .manifests(manifests)
-            .build()?;
-        self.write_file("index.json", &canonical_json(&index)?)
+        self.write_file("index.json", &canonical_json(&index(manifests)?)?)
     }
 
     fn write_file(&self, name: &str, bytes: &[u8]) -> Result<()> {
@@ -428,6 +418,14 @@ impl OciLayout {
 }
 
 /// `sha256:<hex>` of `bytes`.
+fn index(manifests: Vec<oci::Descriptor>) -> Result<oci::ImageIndex> {
+    Ok(oci::ImageIndexBuilder::default()
+        .schema_version(oci::SCHEMA_VERSION)
+        .media_type(oci::MediaType::ImageIndex)
+        .manifests(manifests)
+        .build()?)
+}
+
 /// JSON with every object's keys sorted: oci-spec keeps annotations and
 /// labels in hash maps, whose order (and so a digest) would change from run
 /// to run.
