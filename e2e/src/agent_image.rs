@@ -1,4 +1,5 @@
-//! The agent's own image, `target/image/reflektor.oci.tar`: an OCI
+//! The agent's own image, `target/image/reflektor.oci.tar` (and the
+//! harness's sandbox image, built the same way): an OCI
 //! image-layout archive (what `skopeo copy oci-archive:`, `ctr images import`
 //! and `kind load image-archive` take), assembled here without Docker,
 //! buildah or any base image.
@@ -32,14 +33,16 @@ use sha2::{Digest as _, Sha256};
 
 use crate::image::canonical_json;
 
-/// Where the binary goes in the image.
-const ENTRYPOINT: &str = "/usr/bin/reflektor";
 const PACKAGES_FILE: &str = "usr/share/reflektor/packages";
 
 /// What to build.
 #[derive(Debug, Clone)]
 pub struct ImageSpec {
     pub binary: PathBuf,
+    /// Where the binary goes in the image, and runs from.
+    pub entrypoint: &'static str,
+    pub title: &'static str,
+    pub description: &'static str,
     /// The full reference it is named by, e.g.
     /// `ghcr.io/reflektor/reflektor:0.1.0`.
     pub name: String,
@@ -51,10 +54,39 @@ pub struct ImageSpec {
 }
 
 impl ImageSpec {
+    /// The agent's image, from `binary`, at the source tree's commit.
+    pub fn agent(binary: PathBuf, name: String) -> Self {
+        Self::at_head(
+            binary,
+            name,
+            "/usr/bin/reflektor",
+            "reflektor",
+            "A stateless, cluster-local OCI registry mirror for containerd nodes",
+        )
+    }
+
+    /// The sandbox ("pause") image the harness's pods run with, from the
+    /// `reflektor-pause` binary.
+    pub fn pause(binary: PathBuf, name: String) -> Self {
+        Self::at_head(
+            binary,
+            name,
+            "/pause",
+            "reflektor-pause",
+            "The pod sandbox process of reflektor's test harness",
+        )
+    }
+
     /// The spec for `binary` at the source tree's current commit: its
     /// hash and its commit time, so that a rebuild is byte for byte the
     /// same. Outside a git checkout: `unknown` and the epoch.
-    pub fn at_head(binary: PathBuf, name: String) -> Self {
+    fn at_head(
+        binary: PathBuf,
+        name: String,
+        entrypoint: &'static str,
+        title: &'static str,
+        description: &'static str,
+    ) -> Self {
         let git = |format: &str| {
             Command::new("git")
                 .args(["log", "-1", &format!("--format={format}")])
@@ -73,6 +105,9 @@ impl ImageSpec {
         let revision = git("%H").unwrap_or_else(|| "unknown".to_owned());
         ImageSpec {
             binary,
+            entrypoint,
+            title,
+            description,
             name,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             revision: if dirty {
@@ -116,7 +151,7 @@ pub fn build(spec: &ImageSpec, archive: &Path) -> Result<BuiltImage> {
     let libraries = linked_libraries(&spec.binary)?;
     ensure_nss_built_in(&libraries)?;
     let stripped = strip(&spec.binary)?;
-    let files = image_files(&stripped, &libraries)?;
+    let files = image_files(spec.entrypoint, &stripped, &libraries)?;
     let (layer, diff_id) = layer(&files, spec.created)?;
     let layer_digest = sha256(&layer);
 
@@ -159,7 +194,7 @@ pub fn build(spec: &ImageSpec, archive: &Path) -> Result<BuiltImage> {
         .os(Os::Linux)
         .config(
             ConfigBuilder::default()
-                .entrypoint(vec![ENTRYPOINT.to_owned()])
+                .entrypoint(vec![spec.entrypoint.to_owned()])
                 .user("0:0")
                 .working_dir("/")
                 .labels(labels.clone())
@@ -174,7 +209,7 @@ pub fn build(spec: &ImageSpec, archive: &Path) -> Result<BuiltImage> {
         .history(vec![
             HistoryBuilder::default()
                 .created(created)
-                .created_by("reflektor-e2e image: the agent binary and the libraries it links")
+                .created_by("reflektor-e2e image: one binary and the libraries it links")
                 .build()?,
         ])
         .build()?;
@@ -404,10 +439,14 @@ fn strip(binary: &Path) -> Result<Vec<u8>> {
 }
 
 /// Path in the image (no leading slash) → (mode, bytes).
-fn image_files(binary: &[u8], libraries: &[Library]) -> Result<BTreeMap<String, (u32, Vec<u8>)>> {
+fn image_files(
+    entrypoint: &str,
+    binary: &[u8],
+    libraries: &[Library],
+) -> Result<BTreeMap<String, (u32, Vec<u8>)>> {
     let mut files = BTreeMap::new();
     files.insert(
-        ENTRYPOINT.trim_start_matches('/').to_owned(),
+        entrypoint.trim_start_matches('/').to_owned(),
         (0o755, binary.to_vec()),
     );
     for library in libraries {

@@ -111,7 +111,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Image { binary, out, name } => {
-            let built = agent_image::build(&agent_image::ImageSpec::at_head(binary, name), &out)?;
+            let built = agent_image::build(&agent_image::ImageSpec::agent(binary, name), &out)?;
             println!("image: {}", built.archive.display());
             println!("manifest: {}", built.manifest_digest);
             println!(

@@ -144,6 +144,17 @@ impl ContainerdBuild {
         self.root.join("usr/bin/containerd")
     }
 
+    /// The runc this containerd was packaged with (its package depends on it,
+    /// or, in Docker's rpm, bundles it): what runs a node's containers.
+    pub fn runc_bin(&self) -> PathBuf {
+        let sbin = self.root.join("usr/sbin/runc");
+        if sbin.is_file() {
+            sbin
+        } else {
+            self.root.join("usr/bin/runc")
+        }
+    }
+
     /// The version the binary itself reports, which is also what its Version RPC
     /// answers; it can differ from the package version (sid's lacks the `~ds1`).
     pub fn reported_version(&self) -> Result<String> {

@@ -37,6 +37,48 @@ fn blob(archive: &std::path::Path, digest: &str) -> Result<Value> {
     )?)?)
 }
 
+/// The layer of a single-layer image archive, unpacked into a directory.
+fn unpack_layer(archive: &std::path::Path, manifest: &Value) -> Result<tempfile::TempDir> {
+    let rootfs = tempfile::tempdir()?;
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .and_then(|d| d.strip_prefix("sha256:"))
+        .context("a layer")?;
+    let gz = archive_file(archive, &format!("blobs/sha256/{layer}"))?;
+    tar::Archive::new(flate2::read::GzDecoder::new(&gz[..])).unpack(rootfs.path())?;
+    Ok(rootfs)
+}
+
+/// The harness's sandbox image: its process runs from the image's own
+/// files as a sandbox's PID 1 would, and ends cleanly on SIGTERM.
+#[tokio::test]
+async fn the_sandbox_image_waits_and_stops_on_sigterm() -> Result<()> {
+    if !support::root_or_skip("the_sandbox_image_waits_and_stops_on_sigterm") {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let spec = ImageSpec::pause(
+        env!("CARGO_BIN_EXE_reflektor-pause").into(),
+        "reflektor.test/pause:test".to_owned(),
+    );
+    let built = agent_image::build(&spec, &dir.path().join("pause.oci.tar"))?;
+    let manifest = blob(&built.archive, &built.manifest_digest)?;
+    let rootfs = unpack_layer(&built.archive, &manifest)?;
+    let mut pause = std::process::Command::new("chroot")
+        .arg(rootfs.path())
+        .arg("/pause")
+        .spawn()?;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    ensure!(pause.try_wait()?.is_none(), "pause ended on its own");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pause.id())?),
+        nix::sys::signal::Signal::SIGTERM,
+    )?;
+    let status = pause.wait()?;
+    ensure!(status.success(), "pause ended with {status} on SIGTERM");
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_agent_image_is_reproducible_labelled_and_pullable() -> Result<()> {
     if !support::root_or_skip("the_agent_image_is_reproducible_labelled_and_pullable") {
@@ -44,7 +86,7 @@ async fn the_agent_image_is_reproducible_labelled_and_pullable() -> Result<()> {
     }
     let binary = Reflektor::locate()?.bin().to_owned();
     let dir = tempfile::tempdir()?;
-    let spec = ImageSpec::at_head(binary, "ghcr.io/reflektor/reflektor:test".to_owned());
+    let spec = ImageSpec::agent(binary, "ghcr.io/reflektor/reflektor:test".to_owned());
     let first = agent_image::build(&spec, &dir.path().join("a.oci.tar"))?;
     let second = agent_image::build(&spec, &dir.path().join("b.oci.tar"))?;
     ensure!(
@@ -84,13 +126,7 @@ async fn the_agent_image_is_reproducible_labelled_and_pullable() -> Result<()> {
     );
 
     // Its own files are enough to run it: nothing is missing from the image.
-    let rootfs = tempfile::tempdir()?;
-    let layer = manifest["layers"][0]["digest"]
-        .as_str()
-        .and_then(|d| d.strip_prefix("sha256:"))
-        .context("a layer")?;
-    let gz = archive_file(&first.archive, &format!("blobs/sha256/{layer}"))?;
-    tar::Archive::new(flate2::read::GzDecoder::new(&gz[..])).unpack(rootfs.path())?;
+    let rootfs = unpack_layer(&first.archive, &manifest)?;
     let run = std::process::Command::new("chroot")
         .arg(rootfs.path())
         .args(["/usr/bin/reflektor", "--version"])

@@ -40,8 +40,29 @@ fn fetch(source: &dyn PackageSource) -> Result<Fetched> {
             build.package_version
         );
     }
+    // The runc that came with it: what a node's pods run under. Newer suites
+    // build it against a newer glibc than this host's, and then it cannot run
+    // here; anything else is a broken build.
+    let runc_bin = build.runc_bin();
+    ensure!(
+        runc_bin.is_file(),
+        "{id}: no runc in {}",
+        build.root.display()
+    );
+    let runc = std::process::Command::new(&runc_bin)
+        .arg("--version")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&runc.stdout);
+    let stderr = String::from_utf8_lossy(&runc.stderr);
+    let runc_here = if runc.status.success() && stdout.starts_with("runc version") {
+        stdout.lines().next().unwrap_or_default().to_owned()
+    } else if stderr.contains("GLIBC_") && stderr.contains("not found") {
+        "runc needs a newer glibc than this host's".to_owned()
+    } else {
+        bail!("{id}: {} --version: {stdout}{stderr}", runc_bin.display());
+    };
     eprintln!(
-        "{id} ({}): package {}, containerd reports {reported}",
+        "{id} ({}): package {}, containerd reports {reported}, {runc_here}",
         source.label(),
         build.package_version
     );

@@ -33,22 +33,29 @@ pub(super) struct Archive {
     pub hint: String,
 }
 
-/// `package` from `archive`, unpacked into `slot` unless the cache has it. `archive` is
-/// only asked for when a download is needed, since preparing it may fetch a keyring.
+/// `packages` from `archive`, unpacked together into `slot` unless the cache has them;
+/// the tree's version is the first package's. `archive` is only asked for when a
+/// download is needed, since preparing it may fetch a keyring.
 pub(super) fn fetch_deb(
     cache: &Path,
     slot: &Slot,
-    package: &str,
+    packages: &[&str],
     archive: impl FnOnce() -> Result<Archive>,
 ) -> Result<Filled> {
     slot.get_or_fill(cache, |scratch, root| {
         require_tool("apt-get", "apt")?;
         require_tool("dpkg-deb", "dpkg")?;
         let apt = Apt::prepare(&cache.join("apt").join(&slot.name), archive()?)?;
-        let deb = apt.download(package, scratch)?;
-        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(root))?;
-        let version = run(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Version"))?;
-        Ok(version.trim().to_owned())
+        let mut version = None;
+        for package in packages {
+            let deb = apt.download(package, scratch)?;
+            run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(root))?;
+            if version.is_none() {
+                let found = run(Command::new("dpkg-deb").arg("-f").arg(&deb).arg("Version"))?;
+                version = Some(found.trim().to_owned());
+            }
+        }
+        version.context("no package to fetch")
     })
 }
 

@@ -28,9 +28,10 @@ pub(super) struct Slot<'a> {
     pub name: String,
     /// For progress messages, e.g. `containerd from Ubuntu 24.04 noble`.
     pub what: String,
-    /// A file, relative to the unpacked root, whose presence says the tree is usable,
-    /// e.g. `usr/bin/containerd`.
-    pub required: &'a str,
+    /// Files, relative to the unpacked root, whose presence says the tree is usable,
+    /// e.g. `usr/bin/containerd` and `usr/sbin/runc`. A tree an older harness cached
+    /// without one of them is fetched again.
+    pub required: &'a [&'a str],
 }
 
 /// A complete tree in the cache.
@@ -78,13 +79,13 @@ impl Slot<'_> {
             fs::create_dir(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let package_version = fill(&scratch, &tree.join("root"))?;
-        let required = tree.join("root").join(self.required);
-        ensure!(
-            required.is_file(),
-            "the unpacked {} has no {}; expected the package to ship it",
-            self.what,
-            self.required
-        );
+        for required in self.required {
+            ensure!(
+                tree.join("root").join(required).is_file(),
+                "the unpacked {} has no {required}; expected the packages to ship it",
+                self.what,
+            );
+        }
         fs::write(tree.join(MARKER), &package_version)
             .with_context(|| format!("writing {MARKER} into {}", tree.display()))?;
 
@@ -114,7 +115,8 @@ impl Slot<'_> {
             Err(err) => return Err(err).with_context(|| format!("reading {}", marker.display())),
         };
         let root = dest.join("root");
-        let complete = !package_version.is_empty() && root.join(self.required).is_file();
+        let complete = !package_version.is_empty()
+            && self.required.iter().all(|file| root.join(file).is_file());
         Ok(complete.then_some(Filled {
             package_version,
             root,
@@ -172,7 +174,7 @@ mod tests {
             group: "things",
             name: "thing".to_owned(),
             what: "a thing".to_owned(),
-            required: "bin/thing",
+            required: &["bin/thing"],
         }
     }
 

@@ -91,9 +91,9 @@ impl PackageSource for Suite {
             group: "containerd",
             name: format!("debian-{self}"),
             what: format!("containerd from {}", self.label()),
-            required: "usr/bin/containerd",
+            required: &["usr/bin/containerd", "usr/sbin/runc"],
         };
-        let filled = apt::fetch_deb(cache, &slot, "containerd", || self.archive())
+        let filled = apt::fetch_deb(cache, &slot, &["containerd", "runc"], || self.archive())
             .map_err(FetchError::classify)?;
         Ok(ContainerdBuild {
             source: self.id(),

@@ -121,7 +121,7 @@ impl PackageSource for DockerRpm {
             group: "containerd",
             name: format!("docker-rpm-{self}"),
             what: format!("{PACKAGE} from {}", self.repo()),
-            required: "usr/bin/containerd",
+            required: &["usr/bin/containerd", "usr/bin/runc"],
         };
         let filled = slot
             .get_or_fill(cache, |scratch, root| self.fill(scratch, root))

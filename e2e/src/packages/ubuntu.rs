@@ -112,9 +112,9 @@ impl PackageSource for Ubuntu {
             group: "containerd",
             name: format!("ubuntu-{self}"),
             what: format!("containerd from {}", self.label()),
-            required: "usr/bin/containerd",
+            required: &["usr/bin/containerd", "usr/sbin/runc"],
         };
-        let filled = apt::fetch_deb(cache, &slot, "containerd", || {
+        let filled = apt::fetch_deb(cache, &slot, &["containerd", "runc"], || {
             Ok(self.archive(&keyring(cache)?))
         })
         .map_err(FetchError::classify)?;
@@ -132,9 +132,11 @@ fn keyring(cache: &Path) -> Result<PathBuf> {
         group: "keyrings",
         name: "ubuntu-keyring".to_owned(),
         what: format!("ubuntu-keyring from Debian {KEYRING_SUITE}"),
-        required: KEYRING,
+        required: &[KEYRING],
     };
-    let filled = apt::fetch_deb(cache, &slot, "ubuntu-keyring", || KEYRING_SUITE.archive())?;
+    let filled = apt::fetch_deb(cache, &slot, &["ubuntu-keyring"], || {
+        KEYRING_SUITE.archive()
+    })?;
     Ok(filled.root.join(KEYRING))
 }
 
