@@ -199,7 +199,7 @@ fn namespaced<T>(message: T) -> Request<T> {
     request
 }
 
-async fn channel(node: &ContainerdNode) -> Result<Channel> {
+pub(crate) async fn channel(node: &ContainerdNode) -> Result<Channel> {
     containerd_client::connect(node.socket())
         .await
         .with_context(|| {

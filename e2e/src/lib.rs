@@ -11,6 +11,7 @@ pub mod image;
 pub mod matrix;
 pub mod node;
 pub mod packages;
+pub mod pod;
 pub mod report;
 pub mod scenario;
 pub mod support;

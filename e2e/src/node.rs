@@ -70,6 +70,9 @@ pub struct NodeConfig {
     /// containerd 2.x falls back from the transfer service to local image pulls when
     /// this is set (it logs so), which changes how images reach the registry.
     pub discard_unpacked_layers: bool,
+    /// The pod sandbox ("pause") image CRI starts pods with; containerd's default
+    /// otherwise, which no registry reachable here carries.
+    pub sandbox_image: Option<String>,
 }
 
 impl NodeConfig {
@@ -79,6 +82,7 @@ impl NodeConfig {
             name: name.into(),
             registry_config_path: RegistryConfigPath::NodeDefault,
             discard_unpacked_layers: false,
+            sandbox_image: None,
         }
     }
 }
@@ -140,6 +144,7 @@ impl ContainerdNode {
                 layout: &layout,
                 registry_config_path: registry_config_path.as_deref(),
                 discard_unpacked_layers: config.discard_unpacked_layers,
+                sandbox_image: config.sandbox_image.as_deref(),
             },
         )
         .with_context(|| format!("generating the config of node {name}"))?;
@@ -389,7 +394,17 @@ impl Daemon {
             .try_clone()
             .with_context(|| format!("sharing {}", layout.log_file.display()))?;
         let bin = build.containerd_bin();
+        // containerd finds its shim, and the shim runc, on PATH: the build's own.
+        let path = std::env::join_paths(
+            [build.root.join("usr/bin"), build.root.join("usr/sbin")]
+                .into_iter()
+                .chain(std::env::split_paths(
+                    &std::env::var_os("PATH").unwrap_or_default(),
+                )),
+        )
+        .context("a PATH with the build's directories")?;
         let child = Command::new(&bin)
+            .env("PATH", path)
             .arg("--config")
             .arg(&layout.config_file)
             .current_dir(&layout.dir)

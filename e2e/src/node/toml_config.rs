@@ -34,6 +34,7 @@ pub(super) struct Settings<'a> {
     pub layout: &'a Layout,
     pub registry_config_path: Option<&'a str>,
     pub discard_unpacked_layers: bool,
+    pub sandbox_image: Option<&'a str>,
 }
 
 pub(super) fn render(major: u64, settings: &Settings) -> Result<String> {
@@ -78,6 +79,12 @@ fn plugins_v2(settings: &Settings) -> Result<Table> {
     ]);
     cri.insert("containerd".into(), containerd.into());
     cri.insert("cni".into(), cni.into());
+    // The harness runs as a root without CAP_SYS_RESOURCE, which runc needs to
+    // write a lower oom_score_adj than its own.
+    cri.insert("restrict_oom_score_adj".into(), true.into());
+    if let Some(image) = settings.sandbox_image {
+        cri.insert("sandbox_image".into(), image.into());
+    }
     if let Some(registry) = registry(settings) {
         cri.insert("registry".into(), registry.into());
     }
@@ -97,6 +104,12 @@ fn plugins_v3(settings: &Settings) -> Result<Table> {
     if let Some(registry) = registry(settings) {
         images.insert("registry".into(), registry.into());
     }
+    if let Some(image) = settings.sandbox_image {
+        images.insert(
+            "pinned_images".into(),
+            table([("sandbox", image.into())]).into(),
+        );
+    }
     // `bin_dirs` replaced `bin_dir` in 2.1, which warns about the old key; 2.0 knows only
     // `bin_dir` and would look in its default /opt/cni/bin instead.
     let cni = table([
@@ -108,7 +121,12 @@ fn plugins_v3(settings: &Settings) -> Result<Table> {
         ("io.containerd.cri.v1.images", images.into()),
         (
             "io.containerd.cri.v1.runtime",
-            table([("cni", cni.into())]).into(),
+            table([
+                ("cni", cni.into()),
+                // As in version 2: runc must not lower oom_score_adj here.
+                ("restrict_oom_score_adj", true.into()),
+            ])
+            .into(),
         ),
     ]))
 }
@@ -157,6 +175,7 @@ mod tests {
             layout: &layout,
             registry_config_path,
             discard_unpacked_layers: true,
+            sandbox_image: None,
         };
         toml::from_str(&render(major, &settings).unwrap()).unwrap()
     }
@@ -220,6 +239,7 @@ mod tests {
             layout: &layout,
             registry_config_path: None,
             discard_unpacked_layers: false,
+            sandbox_image: None,
         };
         assert!(render(3, &settings).is_err());
     }
