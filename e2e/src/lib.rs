@@ -12,6 +12,7 @@ pub mod matrix;
 pub mod node;
 pub mod packages;
 pub mod pod;
+pub mod pod_template;
 pub mod report;
 pub mod scenario;
 pub mod support;
