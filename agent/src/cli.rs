@@ -29,6 +29,8 @@ use crate::mirror_config::{DialTimeout, MirrorTarget, MirroredRegistry};
 )]
 pub struct Cli {
     /// Minimum level of log lines written to stderr: error, warn, info, debug or trace.
+    /// debug and trace apply to reflektor's own modules (libraries stay at info);
+    /// a filter such as "info,libp2p_kad=debug" is taken as written.
     #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
     pub log_level: String,
 

@@ -9,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = match EnvFilter::try_new(&cli.log_level) {
+    let filter = match EnvFilter::try_new(reflektor::cmd::log_directive(&cli.log_level)) {
         Ok(filter) => filter,
         Err(error) => {
             eprintln!(

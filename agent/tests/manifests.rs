@@ -206,6 +206,43 @@ fn a_namespace_the_cluster_owns_is_never_emitted() {
     assert_eq!(own[0].kind(), "Namespace");
 }
 
+/// A node whose socket sits beside containerd's config (one directory):
+/// one volume, mounted once, read-write since the socket needs it.
+#[test]
+fn directories_that_coincide_share_a_volume_and_a_mount() {
+    let options = Options {
+        containerd: ContainerdPaths {
+            socket: "/srv/node/containerd.sock".to_owned(),
+            content: "/srv/node/root/content".to_owned(),
+            certs_d: "/srv/node/certs.d".to_owned(),
+            config: "/srv/node/config.toml".to_owned(),
+        },
+        ..Options::default()
+    };
+    let agent = pod(&manifests::install(&options), "reflektor");
+    let node_volumes = agent
+        .volumes
+        .iter()
+        .flatten()
+        .filter(|v| v.host_path.as_ref().is_some_and(|h| h.path == "/srv/node"))
+        .count();
+    assert_eq!(node_volumes, 1);
+    for container in agent
+        .containers
+        .iter()
+        .chain(agent.init_containers.iter().flatten())
+    {
+        let at_node: Vec<_> = container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .filter(|m| m.mount_path == "/srv/node")
+            .collect();
+        assert_eq!(at_node.len(), 1, "{}", container.name);
+        assert_eq!(at_node[0].read_only, Some(false), "{}", container.name);
+    }
+}
+
 #[test]
 fn a_k3s_install_with_every_option() {
     insta::assert_snapshot!(manifests::to_yaml(&manifests::install(&everything())));

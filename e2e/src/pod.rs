@@ -1,12 +1,13 @@
 //! Pods through a node's CRI runtime service, the calls kubelet makes: a
-//! sandbox, then containers in it. The release gate's pod mode builds on
-//! this; for now it runs a container to completion in a host-network
-//! sandbox, which proves that a node of this machine can run pods at all.
+//! sandbox, then init containers to completion, then containers. The
+//! release gate's pod mode builds on this.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail, ensure};
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
     CreateContainerRequest, ImageSpec, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
@@ -17,6 +18,7 @@ use k8s_cri::v1::{
 use tonic::transport::Channel;
 
 use crate::node::ContainerdNode;
+use crate::pod_template::PodPlan;
 
 /// A node's CRI runtime service.
 pub struct Pods {
@@ -29,6 +31,19 @@ pub struct Pods {
 pub struct Sandbox {
     pub id: String,
     config: PodSandboxConfig,
+}
+
+impl Sandbox {
+    /// Where CRI writes a container's log.
+    fn log(&self, config: &ContainerConfig) -> PathBuf {
+        PathBuf::from(&self.config.log_directory).join(&config.log_path)
+    }
+}
+
+/// A pod whose containers run: each container's id and log.
+pub struct Pod {
+    pub sandbox: Sandbox,
+    pub containers: Vec<(String, PathBuf)>,
 }
 
 impl Pods {
@@ -90,7 +105,6 @@ impl Pods {
         args: &[&str],
         patience: Duration,
     ) -> Result<(i32, String)> {
-        let log = format!("{name}.log");
         let config = ContainerConfig {
             metadata: Some(ContainerMetadata {
                 name: name.to_owned(),
@@ -101,9 +115,32 @@ impl Pods {
                 ..Default::default()
             }),
             args: args.iter().map(|a| (*a).to_owned()).collect(),
-            log_path: log.clone(),
+            log_path: format!("{name}.log"),
             ..Default::default()
         };
+        self.complete(sandbox, config, patience).await
+    }
+
+    /// Runs a container to its end: its exit code and log.
+    async fn complete(
+        &self,
+        sandbox: &Sandbox,
+        config: ContainerConfig,
+        patience: Duration,
+    ) -> Result<(i32, String)> {
+        let log = sandbox.log(&config);
+        let id = self.start(sandbox, config).await?;
+        let code = self.wait_exited(&id, patience).await?;
+        Ok((code, std::fs::read_to_string(log).unwrap_or_default()))
+    }
+
+    /// `CreateContainer` then `StartContainer`; the container's id.
+    async fn start(&self, sandbox: &Sandbox, config: ContainerConfig) -> Result<String> {
+        let name = config
+            .metadata
+            .as_ref()
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
         let mut runtime = self.runtime.clone();
         let id = runtime
             .create_container(CreateContainerRequest {
@@ -121,11 +158,16 @@ impl Pods {
             })
             .await
             .with_context(|| format!("CRI StartContainer {name}"))?;
+        Ok(id)
+    }
+
+    async fn wait_exited(&self, id: &str, patience: Duration) -> Result<i32> {
+        let mut runtime = self.runtime.clone();
         let deadline = tokio::time::Instant::now() + patience;
         loop {
             let status = runtime
                 .container_status(ContainerStatusRequest {
-                    container_id: id.clone(),
+                    container_id: id.to_owned(),
                     verbose: false,
                 })
                 .await?
@@ -133,15 +175,52 @@ impl Pods {
                 .status
                 .context("ContainerStatus without a status")?;
             if status.state == ContainerState::ContainerExited as i32 {
-                let path = PathBuf::from(&sandbox.config.log_directory).join(&log);
-                let text = std::fs::read_to_string(&path).unwrap_or_default();
-                return Ok((status.exit_code, text));
+                return Ok(status.exit_code);
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("container {name} did not exit within {patience:?}");
+                bail!("container {id} did not exit within {patience:?}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// A pod as kubelet starts it: its host directories checked or made,
+    /// the sandbox, each init container run to a clean exit, then the
+    /// containers started. Probes are the caller's to poll.
+    pub async fn run_pod(&self, name: &str, plan: &PodPlan, patience: Duration) -> Result<Pod> {
+        for dir in &plan.required_dirs {
+            ensure!(
+                Path::new(dir).is_dir(),
+                "pod {name}: hostPath {dir} is not a directory on the node"
+            );
+        }
+        for dir in &plan.create_dirs {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {dir}"))?;
+        }
+        ensure!(
+            plan.host_network,
+            "pod {name}: only host-network pods are run here"
+        );
+        let sandbox = self.run_host_network_sandbox(name).await?;
+        for init in &plan.init_containers {
+            let (code, log) = self
+                .complete(&sandbox, init.config.clone(), patience)
+                .await?;
+            ensure!(
+                code == 0,
+                "pod {name}: init container {} exited {code}:\n{log}",
+                init.config.metadata.as_ref().map_or("", |m| &m.name)
+            );
+        }
+        let mut containers = Vec::new();
+        for container in &plan.containers {
+            let id = self.start(&sandbox, container.config.clone()).await?;
+            containers.push((id, sandbox.log(&container.config)));
+        }
+        Ok(Pod {
+            sandbox,
+            containers,
+        })
     }
 
     /// `StopPodSandbox` then `RemovePodSandbox`, as kubelet ends a pod.

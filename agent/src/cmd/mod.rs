@@ -7,6 +7,7 @@ mod cleanup;
 mod configuration;
 mod doctor;
 mod listen;
+mod logging;
 mod manifests;
 mod peers;
 mod registry;
@@ -15,6 +16,8 @@ mod signals;
 use std::process::ExitCode;
 
 use crate::cli::{Cli, Command};
+
+pub use logging::directive as log_directive;
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {

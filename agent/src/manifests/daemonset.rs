@@ -70,7 +70,7 @@ struct HostDirs {
 impl HostDirs {
     fn new(options: &Options) -> Self {
         let c = &options.containerd;
-        HostDirs {
+        let mut dirs = HostDirs {
             socket: HostDir {
                 volume: "containerd-socket-dir",
                 path: parent(&c.socket),
@@ -96,8 +96,61 @@ impl HostDirs {
                 path: options.data_dir.clone(),
                 kind: "DirectoryOrCreate",
             },
+        };
+        // Two of them may be one directory (a socket kept beside the config,
+        // say): they then share the first one's volume.
+        let mut seen: Vec<(String, &'static str)> = Vec::new();
+        for dir in dirs.all_mut() {
+            match seen.iter().find(|(path, _)| *path == dir.path) {
+                Some((_, volume)) => dir.volume = volume,
+                None => seen.push((dir.path.clone(), dir.volume)),
+            }
+        }
+        dirs
+    }
+
+    fn all_mut(&mut self) -> [&mut HostDir; 5] {
+        [
+            &mut self.socket,
+            &mut self.content,
+            &mut self.certs_d,
+            &mut self.config,
+            &mut self.data,
+        ]
+    }
+
+    /// One volume per directory.
+    fn volumes(&self) -> Vec<Volume> {
+        let mut volumes: Vec<Volume> = Vec::new();
+        for dir in [
+            &self.socket,
+            &self.content,
+            &self.certs_d,
+            &self.config,
+            &self.data,
+        ] {
+            if volumes.iter().all(|v| v.name != dir.volume) {
+                volumes.push(dir.volume());
+            }
+        }
+        volumes
+    }
+}
+
+/// One mount per path, read-write if any wanted it so.
+fn merged(mounts: Vec<VolumeMount>) -> Vec<VolumeMount> {
+    let mut merged: Vec<VolumeMount> = Vec::new();
+    for mount in mounts {
+        match merged.iter_mut().find(|m| m.mount_path == mount.mount_path) {
+            Some(earlier) => {
+                if mount.read_only == Some(false) {
+                    earlier.read_only = Some(false);
+                }
+            }
+            None => merged.push(mount),
         }
     }
+    merged
 }
 
 /// The node's IP, for the mirror target and listen addresses.
@@ -200,11 +253,11 @@ fn init_container(options: &Options, dirs: &HostDirs) -> Container {
         env: Some(vec![node_ip()]),
         // A parent before what is mounted inside it (certs.d usually sits in
         // containerd's config directory).
-        volume_mounts: Some(vec![
+        volume_mounts: Some(merged(vec![
             dirs.config.mount(true),
             dirs.certs_d.mount(false),
             dirs.socket.mount(false),
-        ]),
+        ])),
         security_context: Some(security_context()),
         resources: Some(resources(options)),
         ..Container::default()
@@ -248,13 +301,13 @@ fn registry_container(options: &Options, dirs: &HostDirs) -> Container {
         startup_probe: Some(probe("/readyz", 2, 30)),
         readiness_probe: Some(probe("/readyz", 5, 3)),
         liveness_probe: Some(probe("/livez", 10, 3)),
-        volume_mounts: Some(vec![
+        volume_mounts: Some(merged(vec![
             dirs.config.mount(true),
             dirs.certs_d.mount(true),
             dirs.socket.mount(false),
             dirs.content.mount(true),
             dirs.data.mount(false),
-        ]),
+        ])),
         security_context: Some(security_context()),
         resources: Some(resources(options)),
         ..Container::default()
@@ -312,13 +365,7 @@ pub fn agent(options: &Options) -> DaemonSet {
                     termination_grace_period_seconds: Some(30),
                     init_containers: Some(vec![init_container(options, &dirs)]),
                     containers: vec![registry_container(options, &dirs)],
-                    volumes: Some(vec![
-                        dirs.socket.volume(),
-                        dirs.content.volume(),
-                        dirs.certs_d.volume(),
-                        dirs.config.volume(),
-                        dirs.data.volume(),
-                    ]),
+                    volumes: Some(dirs.volumes()),
                     ..PodSpec::default()
                 }),
             },
