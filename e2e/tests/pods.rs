@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use k8s_cri::v1::Mount;
 use reflektor::manifests::{self, ContainerdPaths, Object, Options, Ports};
 use reflektor_e2e::agent::Reflektor;
 use reflektor_e2e::agent_image::{self, ImageSpec};
@@ -15,7 +16,7 @@ use reflektor_e2e::http;
 use reflektor_e2e::node::{ContainerdNode, NodeConfig};
 use reflektor_e2e::packages::{self, FetchError, PackageSource, Ubuntu};
 use reflektor_e2e::pod::Pods;
-use reflektor_e2e::pod_template::{self, Downward};
+use reflektor_e2e::pod_template::{self, Downward, PodPlan};
 use reflektor_e2e::support;
 use reflektor_e2e::upstream::Upstream;
 
@@ -99,6 +100,196 @@ async fn runs_the_agent_image_in_a_host_network_pod(
     ensure!(code == 0, "exit code {code}:\n{log}");
     ensure!(log.contains("\"verdict\": \"supported\""), "{log}");
     pods.remove(sandbox).await?;
+    Ok(())
+}
+
+/// Images pushed to a real upstream: the sandbox image and the agent's.
+struct Images {
+    upstream: Upstream,
+    pause: String,
+    agent: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn images() -> Result<Images> {
+    let dir = tempfile::tempdir()?;
+    let upstream = Upstream::start().await?;
+    let pause = agent_image::build(
+        &ImageSpec::pause(
+            env!("CARGO_BIN_EXE_reflektor-pause").into(),
+            "reflektor.test/pause:test".to_owned(),
+        ),
+        &dir.path().join("pause.oci.tar"),
+    )?;
+    let agent = agent_image::build(
+        &ImageSpec::agent(
+            Reflektor::locate()?.bin().to_owned(),
+            "reflektor.test/reflektor:test".to_owned(),
+        ),
+        &dir.path().join("reflektor.oci.tar"),
+    )?;
+    let (pause, _) = upstream
+        .push_archive(&pause.archive, "reflektor/pause", "test")
+        .await?;
+    let (agent, _) = upstream
+        .push_archive(&agent.archive, "reflektor/reflektor", "test")
+        .await?;
+    Ok(Images {
+        upstream,
+        pause,
+        agent,
+        _dir: dir,
+    })
+}
+
+/// A bookworm node whose CRI pulls the sandbox image from the upstream,
+/// with the agent's image already pulled.
+async fn node(images: &Images, name: &str) -> Result<ContainerdNode> {
+    let build = support::build(Suite::Bookworm).await?;
+    let node = ContainerdNode::start(
+        &build,
+        NodeConfig {
+            sandbox_image: Some(images.pause.clone()),
+            ..NodeConfig::new(name)
+        },
+    )
+    .await?;
+    images.upstream.configure_node(&node)?;
+    Cri::connect(&node).await?.pull_image(&images.agent).await?;
+    Ok(node)
+}
+
+/// The generated DaemonSet's pod for `node`: its containerd paths, free
+/// ports, the agent's image, as `reflektor manifests --containerd-*` would
+/// write it for such a node.
+fn agent_pod_plan(images: &Images, node: &ContainerdNode) -> Result<(PodPlan, Ports)> {
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let path = |p: &std::path::Path| p.display().to_string();
+    let ports = Ports {
+        registry: http::free_port(loopback)?.port(),
+        router: http::free_port(loopback)?.port(),
+        metrics: http::free_port(loopback)?.port(),
+    };
+    let options = Options {
+        image: images.agent.clone(),
+        containerd: ContainerdPaths {
+            socket: path(node.socket()),
+            content: path(&node.content_dir()),
+            certs_d: path(node.certs_dir()),
+            config: path(node.config_file()),
+        },
+        ports,
+        data_dir: path(&node.dir().join("reflektor-data")),
+        log_level: "debug".to_owned(),
+        ..Options::default()
+    };
+    let template = manifests::install(&options)
+        .into_iter()
+        .find_map(|object| match object {
+            Object::DaemonSet(daemonset) => daemonset.spec.and_then(|s| s.template.spec),
+            _ => None,
+        })
+        .context("the install has a DaemonSet")?;
+    let plan = pod_template::plan(
+        &template,
+        &Downward {
+            node_ip: loopback.to_string(),
+            node_name: node.name().to_owned(),
+        },
+    )?;
+    Ok((plan, ports))
+}
+
+/// The registry container's `/readyz` status, or `None` while nothing answers.
+async fn readyz(port: u16) -> Option<u16> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let response = http::get(addr, "/readyz", "*/*").await.ok()?;
+    Some(response.status().as_u16())
+}
+
+/// Polls `/readyz` until it answers `status`, for at most `within`.
+async fn until_readyz(port: u16, status: u16, within: Duration) -> bool {
+    tokio::time::timeout(within, async {
+        while readyz(port).await != Some(status) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// containerd restarts under a running agent pod. With the socket's
+/// directory mounted (what the manifests do) the agent reaches the new
+/// socket and is Ready again; with the socket file mounted (Spegel's chart,
+/// `type: Socket`) it keeps the old, deleted socket and stays unready.
+#[tokio::test]
+async fn the_socket_directory_mount_survives_a_containerd_restart_a_socket_file_does_not()
+-> Result<()> {
+    if !support::root_or_skip("the_socket_directory_mount_survives_a_containerd_restart") {
+        return Ok(());
+    }
+    let images = images().await?;
+    let mut by_dir = node(&images, "socket-dir-bookworm").await?;
+    let mut by_file = node(&images, "socket-file-bookworm").await?;
+    let (dir_plan, dir_ports) = agent_pod_plan(&images, &by_dir)?;
+    let (mut file_plan, file_ports) = agent_pod_plan(&images, &by_file)?;
+    // The socket file mounted alone, as Spegel's chart does, in place of
+    // the directory it sits in (the harness keeps it in the node's own
+    // directory, beside the config: containerd 1.6 reports its settings
+    // through CRI, so the agent needs no file from there).
+    let socket = by_file.socket().display().to_string();
+    let socket_dir = by_file.dir().display().to_string();
+    let mounts = &mut file_plan.containers[0].config.mounts;
+    mounts.retain(|m| m.container_path != socket_dir);
+    mounts.push(Mount {
+        container_path: socket.clone(),
+        host_path: socket,
+        ..Default::default()
+    });
+    let dir_pods = Pods::connect(&by_dir).await?;
+    let file_pods = Pods::connect(&by_file).await?;
+    let dir_pod = dir_pods
+        .run_pod("reflektor", &dir_plan, Duration::from_secs(60))
+        .await?;
+    let file_pod = file_pods
+        .run_pod("reflektor", &file_plan, Duration::from_secs(60))
+        .await?;
+    let checks = async {
+        for (name, port) in [("dir", dir_ports.registry), ("file", file_ports.registry)] {
+            ensure!(
+                until_readyz(port, 200, Duration::from_secs(60)).await,
+                "the {name}-mounted agent never became Ready"
+            );
+        }
+        by_dir.restart().await?;
+        by_file.restart().await?;
+        ensure!(
+            until_readyz(dir_ports.registry, 200, Duration::from_secs(30)).await,
+            "with the socket's directory mounted, the agent did not recover: {:?}",
+            readyz(dir_ports.registry).await
+        );
+        // Alive (it answers) but cut off from containerd, for good.
+        ensure!(
+            until_readyz(file_ports.registry, 503, Duration::from_secs(30)).await,
+            "with the socket file mounted, /readyz answered {:?}",
+            readyz(file_ports.registry).await
+        );
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        ensure!(
+            readyz(file_ports.registry).await == Some(503),
+            "with the socket file mounted, the agent reached the restarted containerd"
+        );
+        Ok(())
+    }
+    .await;
+    // Removed whatever happened: a pod's shim outlives its containerd.
+    let removed = (
+        dir_pods.remove(dir_pod.sandbox).await,
+        file_pods.remove(file_pod.sandbox).await,
+    );
+    checks?;
+    removed.0?;
+    removed.1?;
     Ok(())
 }
 
