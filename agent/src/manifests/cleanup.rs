@@ -5,13 +5,10 @@
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, HTTPGetAction, HostPathVolumeSource, PodSpec, PodTemplateSpec, Probe,
-    ServiceSpec, Volume, VolumeMount,
-};
+use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::daemonset::{HostDir, http_probe, port, security_context};
 use super::{Object, Options, labels, metadata, namespace, service};
 
 const CLEANUP: &str = "reflektor-cleanup";
@@ -44,6 +41,11 @@ pub fn objects(options: &Options) -> Vec<Object> {
 
 fn daemonset(options: &Options) -> DaemonSet {
     let certs_d = &options.containerd.certs_d;
+    let dir = HostDir {
+        volume: "containerd-certs-d",
+        path: certs_d.clone(),
+        kind: "DirectoryOrCreate",
+    };
     let container = Container {
         name: "cleanup".to_owned(),
         image: Some(options.image.clone()),
@@ -53,27 +55,10 @@ fn daemonset(options: &Options) -> DaemonSet {
             format!("--containerd-registry-config-path={certs_d}"),
             format!("--addr=:{PORT}"),
         ]),
-        ports: Some(vec![ContainerPort {
-            name: Some("readyz".to_owned()),
-            container_port: i32::from(PORT),
-            protocol: Some("TCP".to_owned()),
-            ..ContainerPort::default()
-        }]),
-        readiness_probe: Some(Probe {
-            http_get: Some(HTTPGetAction {
-                path: Some("/readyz".to_owned()),
-                port: IntOrString::String("readyz".to_owned()),
-                ..HTTPGetAction::default()
-            }),
-            period_seconds: Some(2),
-            ..Probe::default()
-        }),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "containerd-certs-d".to_owned(),
-            mount_path: certs_d.clone(),
-            ..VolumeMount::default()
-        }]),
-        security_context: Some(super::daemonset::security_context()),
+        ports: Some(vec![port("readyz", PORT)]),
+        readiness_probe: Some(http_probe("/readyz", "readyz", 2)),
+        volume_mounts: Some(vec![dir.mount(false)]),
+        security_context: Some(security_context()),
         ..Container::default()
     };
     DaemonSet {
@@ -94,14 +79,7 @@ fn daemonset(options: &Options) -> DaemonSet {
                     tolerations: Some(options.tolerations.clone()),
                     node_selector: Some(options.node_selector.clone()),
                     containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: "containerd-certs-d".to_owned(),
-                        host_path: Some(HostPathVolumeSource {
-                            path: certs_d.clone(),
-                            type_: Some("DirectoryOrCreate".to_owned()),
-                        }),
-                        ..Volume::default()
-                    }]),
+                    volumes: Some(vec![dir.volume()]),
                     ..PodSpec::default()
                 }),
             },
@@ -141,7 +119,7 @@ fn wait_job(options: &Options) -> Job {
                             "--threshold=3".to_owned(),
                             "--period=2s".to_owned(),
                         ]),
-                        security_context: Some(super::daemonset::security_context()),
+                        security_context: Some(security_context()),
                         ..Container::default()
                     }],
                     ..PodSpec::default()

@@ -21,14 +21,14 @@ use super::{BOOTSTRAP_SERVICE, NAME, Options, labels, metadata};
 /// A host directory and where containers see it: always at the same path,
 /// because what the agent writes (hosts.toml) and reads (config_path, the
 /// socket) is named by host paths in containerd's own configuration.
-struct HostDir {
-    volume: &'static str,
-    path: String,
-    kind: &'static str,
+pub(super) struct HostDir {
+    pub(super) volume: &'static str,
+    pub(super) path: String,
+    pub(super) kind: &'static str,
 }
 
 impl HostDir {
-    fn volume(&self) -> Volume {
+    pub(super) fn volume(&self) -> Volume {
         Volume {
             name: self.volume.to_owned(),
             host_path: Some(HostPathVolumeSource {
@@ -39,7 +39,7 @@ impl HostDir {
         }
     }
 
-    fn mount(&self, read_only: bool) -> VolumeMount {
+    pub(super) fn mount(&self, read_only: bool) -> VolumeMount {
         VolumeMount {
             name: self.volume.to_owned(),
             mount_path: self.path.clone(),
@@ -183,21 +183,29 @@ pub(super) fn security_context() -> SecurityContext {
     }
 }
 
-fn probe(path: &str, period: i32, failures: i32) -> Probe {
+/// An HTTP GET probe of `path` on the named container port.
+pub(super) fn http_probe(path: &str, port_name: &str, period: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
-            port: IntOrString::String("registry".to_owned()),
+            port: IntOrString::String(port_name.to_owned()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
-        failure_threshold: Some(failures),
-        timeout_seconds: Some(2),
         ..Probe::default()
     }
 }
 
-fn port(name: &str, port: u16) -> ContainerPort {
+/// A probe of the agent's registry port.
+fn probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..http_probe(path, "registry", period)
+    }
+}
+
+pub(super) fn port(name: &str, port: u16) -> ContainerPort {
     ContainerPort {
         name: Some(name.to_owned()),
         container_port: i32::from(port),
