@@ -8,58 +8,38 @@
 //! this test binary again, running only [`parse_in_child`] with the
 //! environment under test, which prints what each command parsed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::Command;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use reflektor::cli::{Cli, Command as Sub, ContainerdArgs, MirrorArgs, RegistryConfigPathArgs};
 use serde_json::{Value, json};
 
 /// Set in the child: the command line to parse, as a JSON array.
 const ARGS_VAR: &str = "REFLEKTOR_TEST_PARSE_ARGS";
 
-/// Every variable a command reads, so the parent's own environment cannot
-/// leak into a case.
-const READ_VARS: &[&str] = &[
-    "LOG_LEVEL",
-    "LOG_FORMAT",
-    "CONTAINERD_SOCK",
-    "CONTAINERD_CONFIG",
-    "CONTAINERD_REGISTRY_CONFIG_PATH",
-    "CONTAINERD_NAMESPACE",
-    "CONTAINERD_CONTENT_PATH",
-    "OCI_LAYOUT",
-    "MIRRORED_REGISTRIES",
-    "RESOLVE_TAGS",
-    "REGISTRY_FILTERS",
-    "REGISTRY_ADDR",
-    "METRICS_ADDR",
-    "MIRROR_TARGETS",
-    "PREPEND_EXISTING",
-    "DIAL_TIMEOUT",
-    "BOOTSTRAP_KIND",
-    "ROUTER_ADDR",
-    "DATA_DIR",
-    "ROUTER_PSK_FILE",
-    "STATIC_BOOTSTRAP_PEERS",
-    "DNS_BOOTSTRAP_DOMAIN",
-    "HTTP_BOOTSTRAP_ADDR",
-    "HTTP_BOOTSTRAP_URL",
-    "MIRROR_RESOLVE_TIMEOUT",
-    "MIRROR_RESOLVE_RETRIES",
-    "RESOLVE_LATEST_TAG",
-    "HTTP_BOOTSTRAP_PEER",
-    "DEBUG_WEB_ENABLED",
-    "OTEL_ENDPOINT",
-    "OTEL_SERVICE_NAME",
-    "OTEL_SAMPLER",
-    "OTEL_INSECURE",
-    "ADDR",
-    "PROBE_ENDPOINT",
-    "THRESHOLD",
-    "PERIOD",
-];
+/// Every variable a command reads, taken from the flags themselves, so the
+/// parent's own environment cannot leak into a case.
+fn read_vars() -> BTreeSet<String> {
+    fn collect(command: &clap::Command, vars: &mut BTreeSet<String>) {
+        for arg in command.get_arguments() {
+            if let Some(env) = arg.get_env() {
+                vars.insert(env.to_string_lossy().into_owned());
+            }
+        }
+        for sub in command.get_subcommands() {
+            collect(sub, vars);
+        }
+    }
+    let mut vars = BTreeSet::new();
+    collect(&Cli::command(), &mut vars);
+    assert!(
+        vars.contains("MIRRORED_REGISTRIES") && vars.contains("PROBE_ENDPOINT"),
+        "the flags name no environment variables: {vars:?}"
+    );
+    vars
+}
 
 /// The subcommands, each with the arguments it cannot run without.
 const COMMANDS: &[&[&str]] = &[
@@ -125,10 +105,10 @@ fn mirror(shared: &mut Shared, args: &MirrorArgs) {
     shared.insert("resolve_tags", json!(args.resolve_tags));
 }
 
-/// Parses `args` in a child with exactly `env` set among [`READ_VARS`].
+/// Parses `args` in a child with exactly `env` set among [`read_vars`].
 fn parse(args: &[&str], env: &[(String, String)]) -> Value {
     let mut command = Command::new(std::env::current_exe().expect("the test binary"));
-    for name in READ_VARS {
+    for name in read_vars() {
         command.env_remove(name);
     }
     let mut full = vec!["reflektor"];

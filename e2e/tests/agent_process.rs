@@ -13,6 +13,16 @@ use reflektor_e2e::http;
 use reflektor_e2e::image::{LayerSpec, OciLayout, Platform};
 use reflektor_e2e::support::eventually;
 
+/// An OCI layout holding one small image; its directory and its layer's
+/// digest.
+fn one_layer_layout(seed: u64) -> Result<(tempfile::TempDir, String)> {
+    let dir = tempfile::tempdir()?;
+    let mut layout = OciLayout::create(dir.path(), seed)?;
+    let image = layout.add_image("v1", &Platform::host()?, &[LayerSpec::gzip(4096)])?;
+    let layer = image.platforms[0].layers[0].blob.digest.clone();
+    Ok((dir, layer))
+}
+
 async fn ready(agent: &reflektor_e2e::agent::Agent) -> Result<bool> {
     Ok(http::get(agent.addr(), "/readyz", "*/*").await?.status() == 200)
 }
@@ -53,10 +63,7 @@ async fn a_node_without_peers_is_ready_once_bootstrap_was_tried() -> Result<()> 
 #[tokio::test]
 async fn a_node_whose_peer_left_stays_ready_and_serves() -> Result<()> {
     let reflektor = Reflektor::locate()?;
-    let layout_dir = tempfile::tempdir()?;
-    let mut layout = OciLayout::create(layout_dir.path(), 12)?;
-    let image = layout.add_image("v1", &Platform::host()?, &[LayerSpec::gzip(4096)])?;
-    let layer = image.platforms[0].layers[0].blob.digest.clone();
+    let (layout_dir, layer) = one_layer_layout(12)?;
     let peers = LoopbackPeers::new(&reflektor, 9, 2, 2)?;
     let mut a = peers
         .start(0, Backend::OciLayout(layout_dir.path()))
@@ -93,10 +100,7 @@ async fn a_node_whose_peer_left_stays_ready_and_serves() -> Result<()> {
 #[tokio::test]
 async fn each_request_is_logged_at_debug() -> Result<()> {
     let reflektor = Reflektor::locate()?;
-    let layout_dir = tempfile::tempdir()?;
-    let mut layout = OciLayout::create(layout_dir.path(), 13)?;
-    let image = layout.add_image("v1", &Platform::host()?, &[LayerSpec::gzip(4096)])?;
-    let layer = image.platforms[0].layers[0].blob.digest.clone();
+    let (layout_dir, layer) = one_layer_layout(13)?;
     let agent = reflektor
         .start_registry(
             Backend::OciLayout(layout_dir.path()),
