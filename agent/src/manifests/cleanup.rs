@@ -3,13 +3,13 @@
 //! a Job runs `cleanup-wait`, which completes once every node answers. No
 //! node is left with hosts.toml files pointing at a mirror that is gone.
 
-use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, ServiceSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::daemonset::{HostDir, http_probe, port, security_context};
-use super::{Object, Options, labels, metadata, namespace, service};
+use super::{Object, Options, daemon_set, labels, metadata, namespace, service};
 
 const CLEANUP: &str = "reflektor-cleanup";
 const PORT: u16 = 8080;
@@ -61,32 +61,16 @@ fn daemonset(options: &Options) -> DaemonSet {
         security_context: Some(security_context()),
         ..Container::default()
     };
-    DaemonSet {
-        metadata: metadata(CLEANUP, options, "cleanup"),
-        spec: Some(DaemonSetSpec {
-            selector: LabelSelector {
-                match_labels: Some(labels("cleanup")),
-                ..LabelSelector::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels("cleanup")),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    automount_service_account_token: Some(false),
-                    priority_class_name: options.priority_class_name.clone(),
-                    tolerations: Some(options.tolerations.clone()),
-                    node_selector: Some(options.node_selector.clone()),
-                    containers: vec![container],
-                    volumes: Some(vec![dir.volume()]),
-                    ..PodSpec::default()
-                }),
-            },
-            ..DaemonSetSpec::default()
-        }),
-        ..DaemonSet::default()
-    }
+    daemon_set(
+        CLEANUP,
+        options,
+        "cleanup",
+        PodSpec {
+            containers: vec![container],
+            volumes: Some(vec![dir.volume()]),
+            ..PodSpec::default()
+        },
+    )
 }
 
 fn wait_job(options: &Options) -> Job {

@@ -4,19 +4,16 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use k8s_openapi::api::apps::v1::{
-    DaemonSet, DaemonSetSpec, DaemonSetUpdateStrategy, RollingUpdateDaemonSet,
-};
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetUpdateStrategy, RollingUpdateDaemonSet};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    HostPathVolumeSource, ObjectFieldSelector, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SecurityContext, Volume, VolumeMount,
+    HostPathVolumeSource, ObjectFieldSelector, PodSpec, Probe, ResourceRequirements,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{BOOTSTRAP_SERVICE, NAME, Options, labels, metadata};
+use super::{BOOTSTRAP_SERVICE, NAME, Options, daemon_set};
 
 /// A host directory and where containers see it: always at the same path,
 /// because what the agent writes (hosts.toml) and reads (config_path, the
@@ -341,44 +338,30 @@ fn resources(options: &Options) -> ResourceRequirements {
 
 pub fn agent(options: &Options) -> DaemonSet {
     let dirs = HostDirs::new(options);
-    DaemonSet {
-        metadata: metadata(NAME, options, "agent"),
-        spec: Some(DaemonSetSpec {
-            selector: LabelSelector {
-                match_labels: Some(labels("agent")),
-                ..LabelSelector::default()
-            },
-            update_strategy: Some(DaemonSetUpdateStrategy {
-                type_: Some("RollingUpdate".to_owned()),
-                rolling_update: Some(RollingUpdateDaemonSet {
-                    max_unavailable: Some(IntOrString::String("10%".to_owned())),
-                    ..RollingUpdateDaemonSet::default()
-                }),
+    let mut agent = daemon_set(
+        NAME,
+        options,
+        "agent",
+        PodSpec {
+            service_account_name: Some(NAME.to_owned()),
+            host_network: Some(true),
+            // Cluster DNS for the bootstrap Service, from the host network.
+            dns_policy: Some("ClusterFirstWithHostNet".to_owned()),
+            termination_grace_period_seconds: Some(30),
+            init_containers: Some(vec![init_container(options, &dirs)]),
+            containers: vec![registry_container(options, &dirs)],
+            volumes: Some(dirs.volumes()),
+            ..PodSpec::default()
+        },
+    );
+    if let Some(spec) = agent.spec.as_mut() {
+        spec.update_strategy = Some(DaemonSetUpdateStrategy {
+            type_: Some("RollingUpdate".to_owned()),
+            rolling_update: Some(RollingUpdateDaemonSet {
+                max_unavailable: Some(IntOrString::String("10%".to_owned())),
+                ..RollingUpdateDaemonSet::default()
             }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels("agent")),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(NAME.to_owned()),
-                    automount_service_account_token: Some(false),
-                    host_network: Some(true),
-                    // Cluster DNS for the bootstrap Service, from the host
-                    // network.
-                    dns_policy: Some("ClusterFirstWithHostNet".to_owned()),
-                    priority_class_name: options.priority_class_name.clone(),
-                    tolerations: Some(options.tolerations.clone()),
-                    node_selector: Some(options.node_selector.clone()),
-                    termination_grace_period_seconds: Some(30),
-                    init_containers: Some(vec![init_container(options, &dirs)]),
-                    containers: vec![registry_container(options, &dirs)],
-                    volumes: Some(dirs.volumes()),
-                    ..PodSpec::default()
-                }),
-            },
-            ..DaemonSetSpec::default()
-        }),
-        ..DaemonSet::default()
+        });
     }
+    agent
 }

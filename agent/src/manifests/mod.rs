@@ -21,12 +21,13 @@ mod observability;
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, Service, ServiceAccount, ServicePort, ServiceSpec, Toleration,
+    ConfigMap, Namespace, PodSpec, PodTemplateSpec, Service, ServiceAccount, ServicePort,
+    ServiceSpec, Toleration,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use serde::{Deserialize, Serialize};
 
 pub use observability::ServiceMonitor;
@@ -210,6 +211,36 @@ fn metadata(name: &str, options: &Options, component: &str) -> ObjectMeta {
         namespace: Some(options.namespace.clone()),
         labels: Some(labels),
         ..ObjectMeta::default()
+    }
+}
+
+/// A DaemonSet of `component`'s pods, with what every reflektor pod shares:
+/// its selector and labels, no service account token, and the options'
+/// priority class, tolerations and node selector.
+fn daemon_set(name: &str, options: &Options, component: &str, pod: PodSpec) -> DaemonSet {
+    DaemonSet {
+        metadata: metadata(name, options, component),
+        spec: Some(DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(labels(component)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(component)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    priority_class_name: options.priority_class_name.clone(),
+                    tolerations: Some(options.tolerations.clone()),
+                    node_selector: Some(options.node_selector.clone()),
+                    ..pod
+                }),
+            },
+            ..DaemonSetSpec::default()
+        }),
+        ..DaemonSet::default()
     }
 }
 
