@@ -10,9 +10,15 @@ test: lint build
     cargo test --workspace
 
 # The release gate: every cluster in fixtures/clusters, as a report in target/e2e (needs root).
-# Pass flags through, e.g. `just e2e --only mixed --filter node-loss`.
+# Pass flags through, e.g. `just e2e --only mixed --filter node-loss`, or `--deploy pod`
+# to run the agent as the DaemonSet's pod through each node's CRI (after `just image`).
 e2e *args: build
+    cargo build -q -p reflektor-e2e --bins
     cargo run -q -p reflektor-e2e -- matrix {{args}}
+
+# The release gate with the agent as users install it: its image, the DaemonSet's pod.
+e2e-pod *args: image
+    just e2e --deploy pod {{args}}
 
 # Three nodes (bookworm, trixie, sid) and an upstream: pulls through peers with the upstream offline.
 demo: build

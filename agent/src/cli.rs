@@ -581,6 +581,11 @@ pub struct ManifestsArgs {
     #[arg(long, default_value_t = 9090)]
     pub metrics_port: u16,
 
+    /// The port each node's cleanup pod answers on while an uninstall runs
+    /// (host network, the node's address only).
+    #[arg(long, default_value_t = 8080)]
+    pub cleanup_port: u16,
+
     /// The host directory that keeps each node's identity.
     #[arg(long, default_value = "/var/lib/reflektor")]
     pub data_dir: String,

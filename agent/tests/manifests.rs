@@ -132,7 +132,8 @@ fn container_arguments_parse_and_mean_what_the_options_say() {
     let Command::Registry(registry) = command(&agent.containers[0]) else {
         panic!("the container runs registry");
     };
-    assert_eq!(registry.registry_addr, ":5000");
+    // The node's address only (the test resolves NODE_IP to 10.1.2.3).
+    assert_eq!(registry.registry_addr, "10.1.2.3:5000");
     assert_eq!(registry.mirror.registries(), options.mirrored_registries);
     assert_eq!(
         registry.containerd_content_path.to_str(),
@@ -147,7 +148,7 @@ fn container_arguments_parse_and_mean_what_the_options_say() {
     let Command::Cleanup(args) = command(&pod(&cleanup, "reflektor-cleanup").containers[0]) else {
         panic!("the cleanup DaemonSet runs cleanup");
     };
-    assert_eq!(args.addr.as_deref(), Some(":8080"));
+    assert_eq!(args.addr.as_deref(), Some("10.1.2.3:8080"));
 }
 
 /// Every mount names a volume, every volume is mounted, and containerd's

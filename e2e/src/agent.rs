@@ -77,13 +77,13 @@ impl Reflektor {
         &self.bin
     }
 
-    /// Runs `reflektor configuration` so that `node`'s containerd asks
-    /// `agent` first for images of the `upstream` registry, as a DaemonSet's
-    /// init container would.
+    /// Runs `reflektor configuration` so that `node`'s containerd asks the
+    /// agent at `mirror` first for images of the `upstream` registry, as a
+    /// DaemonSet's init container would.
     pub fn configure_mirror(
         &self,
         node: &ContainerdNode,
-        agent: &Agent,
+        mirror: SocketAddr,
         upstream: SocketAddr,
     ) -> Result<()> {
         let output = self.run(|cmd| {
@@ -95,7 +95,7 @@ impl Reflektor {
                 .arg("--containerd-config")
                 .arg(node.config_file())
                 .arg(format!("--mirrored-registries=http://{upstream}"))
-                .arg(format!("--mirror-targets=http://{}", agent.addr()))
+                .arg(format!("--mirror-targets=http://{mirror}"))
         })?;
         if !output.status.success() {
             bail!(
@@ -183,6 +183,19 @@ fn exit_code(output: &Output) -> Result<i32> {
             String::from_utf8_lossy(&output.stderr)
         ),
     }
+}
+
+/// The value of a metric at an agent's metrics address `metrics`, summed
+/// over the lines of `/metrics` that contain every needle; 0 when none does.
+pub async fn metric_at(metrics: SocketAddr, needles: &[&str]) -> Result<f64> {
+    let response = http::get(metrics, "/metrics", "*/*").await?;
+    let text = String::from_utf8(response.into_body().to_vec())
+        .context("the agent's /metrics is not UTF-8")?;
+    Ok(text
+        .lines()
+        .filter(|line| !line.starts_with('#') && needles.iter().all(|n| line.contains(n)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum())
 }
 
 /// A running `reflektor registry`, stopped with SIGTERM by [`Agent::stop`]
@@ -409,14 +422,7 @@ impl Agent {
     /// every needle, e.g. `["reflektor_advertised_keys", "digest"]`; 0 when
     /// none does, as for a counter nothing has incremented yet.
     pub async fn metric(&self, needles: &[&str]) -> Result<f64> {
-        let response = http::get(self.metrics, "/metrics", "*/*").await?;
-        let text = String::from_utf8(response.into_body().to_vec())
-            .context("the agent's /metrics is not UTF-8")?;
-        Ok(text
-            .lines()
-            .filter(|line| !line.starts_with('#') && needles.iter().all(|n| line.contains(n)))
-            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
+        metric_at(self.metrics, needles).await
     }
 
     /// The exit status if the agent has exited, `None` while it runs.
@@ -447,8 +453,12 @@ impl Agent {
     pub async fn wait_until_ready(&mut self) -> Result<()> {
         self.wait_for("/readyz").await?;
         if self.peering {
-            crate::support::eventually("the agent has a peer", async || {
-                Ok(self.metric(&["reflektor_peers "]).await.unwrap_or(0.0) >= 1.0)
+            let metrics = self.metrics;
+            crate::support::eventually("the agent has a peer", move || async move {
+                Ok(metric_at(metrics, &["reflektor_peers "])
+                    .await
+                    .unwrap_or(0.0)
+                    >= 1.0)
             })
             .await
             .with_context(|| self.log())?;

@@ -14,14 +14,14 @@ use std::fmt;
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use anyhow::{Context, Result, ensure};
 use serde::{Deserialize, Serialize};
 
-use crate::agent::{self, Agent, Backend, Peering, Reflektor};
+use crate::agent::{self, Backend, Peering, Reflektor};
 use crate::cri::Cri;
+use crate::deploy::RunningAgent;
 use crate::http;
 use crate::node::{ContainerdNode, NodeConfig};
 use crate::packages::ContainerdBuild;
@@ -317,7 +317,7 @@ pub struct Member {
     pub router: SocketAddr,
     /// `None` once the node is lost.
     pub node: Option<ContainerdNode>,
-    pub agent: Option<Agent>,
+    pub agent: Option<Box<dyn RunningAgent>>,
     /// Logs kept after the node is gone: its containerd log, then its agent's.
     pub saved_logs: Vec<(String, Vec<u8>)>,
 }
@@ -336,20 +336,22 @@ impl Member {
             .with_context(|| format!("node {name} is gone"))
     }
 
-    pub fn agent(&self) -> Result<&Agent> {
+    pub fn agent(&self) -> Result<&dyn RunningAgent> {
         self.agent
-            .as_ref()
+            .as_deref()
             .with_context(|| format!("node {} runs no agent", self.spec.name))
     }
 
+    pub fn agent_mut(&mut self) -> Result<&mut (dyn RunningAgent + 'static)> {
+        let name = &self.spec.name;
+        self.agent
+            .as_deref_mut()
+            .with_context(|| format!("node {name} runs no agent"))
+    }
+
     /// Starts containerd for this member.
-    pub async fn start_node(&mut self, cluster: &str) -> Result<()> {
-        let node = ContainerdNode::start(
-            &self.build,
-            NodeConfig::new(format!("{cluster}-{}", self.spec.name)),
-        )
-        .await?;
-        self.node = Some(node);
+    pub async fn start_node(&mut self, config: NodeConfig) -> Result<()> {
+        self.node = Some(ContainerdNode::start(&self.build, config).await?);
         Ok(())
     }
 
@@ -370,7 +372,7 @@ impl Member {
         let agent = reflektor
             .start_peer(Backend::Containerd(node), self.ip, peering)
             .await?;
-        self.agent = Some(agent);
+        self.agent = Some(Box::new(agent));
         Ok(())
     }
 
@@ -403,9 +405,9 @@ impl Member {
 
     /// SIGKILLs the agent and stops containerd: the node is gone.
     pub async fn lose(&mut self) -> Result<()> {
-        if let Some(mut agent) = self.agent.take() {
-            agent.kill()?;
-            self.keep_agent_log(&agent);
+        if let Some(agent) = self.agent.take() {
+            let log = agent.kill().await?;
+            self.keep_log("reflektor.log", log);
         }
         if let Some(node) = self.node.take() {
             self.saved_logs.push((
@@ -417,20 +419,21 @@ impl Member {
         Ok(())
     }
 
-    /// Stops the agent with SIGTERM, as kubelet does, keeping its log,
-    /// shutdown lines included.
-    pub async fn stop_agent(&mut self) -> Result<Option<ExitStatus>> {
-        let Some(mut agent) = self.agent.take() else {
-            return Ok(None);
+    /// Stops the agent as kubelet does (SIGTERM, then the grace period),
+    /// keeping its log, shutdown lines included; an unclean exit is an
+    /// error.
+    pub async fn stop_agent(&mut self) -> Result<()> {
+        let Some(agent) = self.agent.take() else {
+            return Ok(());
         };
-        let status = agent.terminate().await;
-        self.keep_agent_log(&agent);
-        status.map(Some)
+        let (log, stopped) = agent.stop().await;
+        self.keep_log("reflektor.log", log);
+        stopped
     }
 
-    fn keep_agent_log(&mut self, agent: &Agent) {
-        self.saved_logs
-            .push(("reflektor.log".to_owned(), agent.log().into_bytes()));
+    /// Keeps a log for the report's directory, past the process that wrote it.
+    pub fn keep_log(&mut self, name: &str, log: String) {
+        self.saved_logs.push((name.to_owned(), log.into_bytes()));
     }
 
     /// Copies the member's logs into `dir`: what was saved when it was lost,
@@ -457,7 +460,7 @@ impl Member {
     /// Stops the agent (SIGTERM) and containerd; the first error is returned
     /// after both were tried.
     pub async fn stop(&mut self) -> Result<()> {
-        let agent = self.stop_agent().await.map(|_| ());
+        let agent = self.stop_agent().await;
         let node = match self.node.take() {
             Some(node) => node.stop().await,
             None => Ok(()),
@@ -524,9 +527,7 @@ pub async fn start_agents(
         let member = &mut members[i];
         let name = member.spec.name.clone();
         member
-            .agent
-            .as_mut()
-            .context("the agent was just started")?
+            .agent_mut()?
             .wait_until_ready()
             .await
             .with_context(|| format!("the agent of {name} finding its peers"))?;

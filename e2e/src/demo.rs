@@ -14,6 +14,7 @@ use crate::cluster::{
 };
 use crate::image::Platform;
 use crate::matrix::{progress, verdict_name};
+use crate::node::NodeConfig;
 use crate::scenario::{self, Catalogue};
 use crate::upstream::{PushedImage, Upstream};
 
@@ -64,7 +65,8 @@ pub async fn run(reflektor: &Reflektor) -> Result<()> {
     let mut members = cluster::members(&spec, builds)?;
     let mut lines = Vec::new();
     for member in &mut members {
-        member.start_node("demo").await?;
+        let name = format!("demo-{}", member.spec.name);
+        member.start_node(NodeConfig::new(name)).await?;
         upstream.configure_node(member.node()?)?;
         let node = member.node()?;
         let verdict = reflektor.doctor(node, node.certs_dir())?.report.verdict;
@@ -85,7 +87,7 @@ pub async fn run(reflektor: &Reflektor) -> Result<()> {
     let roles: Vec<usize> = (0..members.len()).collect();
     cluster::start_agents(&mut members, &roles, reflektor, data.path()).await?;
     for member in &members {
-        reflektor.configure_mirror(member.node()?, member.agent()?, upstream.addr())?;
+        reflektor.configure_mirror(member.node()?, member.agent()?.addr(), upstream.addr())?;
     }
     progress(
         "demo",

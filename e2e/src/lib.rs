@@ -4,10 +4,13 @@
 pub mod agent;
 pub mod agent_image;
 pub mod cluster;
+pub mod cluster_dns;
 pub mod cri;
 pub mod demo;
+pub mod deploy;
 pub mod http;
 pub mod image;
+pub mod kubelet;
 pub mod matrix;
 pub mod node;
 pub mod packages;

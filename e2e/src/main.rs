@@ -7,6 +7,8 @@ use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
 use reflektor_e2e::agent::Reflektor;
 use reflektor_e2e::cluster::{self, ClusterSpec};
+use reflektor_e2e::deploy::Deploy;
+use reflektor_e2e::deploy::pod::PodImages;
 use reflektor_e2e::report::Column;
 use reflektor_e2e::{agent_image, demo, matrix, packages};
 
@@ -51,6 +53,15 @@ enum Command {
         /// Where the report and logs go.
         #[arg(long, value_name = "DIR", default_value_os_t = cluster::default_out_dir())]
         out: PathBuf,
+        /// How the agent runs on each node: `process`, the binary on the host (quick, for
+        /// development), or `pod`, the DaemonSet's pod from `reflektor manifests` run
+        /// through the node's CRI from the agent's image (`just image` builds it), as
+        /// users install it.
+        #[arg(long, value_enum, default_value_t = Deploy::Process)]
+        deploy: Deploy,
+        /// The agent's image for `--deploy pod`.
+        #[arg(long, value_name = "FILE", default_value_os_t = workspace_path("target/image/reflektor.oci.tar"))]
+        image: PathBuf,
     },
     /// A three-node cluster (Debian bookworm, trixie, sid): one node pulls from the
     /// upstream, the upstream goes offline, the other two pull through their peers.
@@ -138,6 +149,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             only,
             filter,
             out,
+            deploy,
+            image,
         } => {
             let mut specs = ClusterSpec::load_dir(&clusters)?;
             for name in &only {
@@ -162,11 +175,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                     );
                 }
             }
+            // The sandbox image is built here; it lives as long as the run.
+            let scratch = tempfile::tempdir()?;
+            let images = match deploy {
+                Deploy::Process => None,
+                Deploy::Pod => Some(pod_images(image, scratch.path())?),
+            };
             let options = matrix::Options {
                 clusters: specs,
                 filter,
                 out_dir: out.clone(),
                 cache: packages::default_cache_dir()?,
+                deploy,
+                images,
             };
             let report = matrix::run(&Reflektor::locate()?, &options).await?;
             report.write(&out)?;
@@ -203,6 +224,35 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
     }
+}
+
+/// The images `--deploy pod` runs: the agent's, which must exist, and the
+/// sandbox image, built into `scratch` from `reflektor-pause`, which cargo
+/// builds beside this binary.
+fn pod_images(agent: PathBuf, scratch: &std::path::Path) -> Result<PodImages> {
+    if !agent.is_file() {
+        bail!(
+            "--deploy pod runs the agent's image, and {} does not exist. Fix: run `just \
+             image` (it builds the release binary and the image), or pass --image",
+            agent.display()
+        );
+    }
+    let pause_bin = std::env::current_exe()?.with_file_name("reflektor-pause");
+    if !pause_bin.is_file() {
+        bail!(
+            "--deploy pod needs the sandbox program {}. Fix: run `cargo build -p \
+             reflektor-e2e --bins` (`just e2e` does)",
+            pause_bin.display()
+        );
+    }
+    let pause = agent_image::build(
+        &agent_image::ImageSpec::pause(pause_bin, "reflektor.test/pause:e2e".to_owned()),
+        &scratch.join("pause.oci.tar"),
+    )?;
+    Ok(PodImages {
+        agent,
+        pause: pause.archive,
+    })
 }
 
 /// A path inside the workspace, wherever the command runs from.

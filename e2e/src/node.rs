@@ -73,6 +73,9 @@ pub struct NodeConfig {
     /// The pod sandbox ("pause") image CRI starts pods with; containerd's default
     /// otherwise, which no registry reachable here carries.
     pub sandbox_image: Option<String>,
+    /// The runc the node's shims run containers with, in place of the build's own:
+    /// for a build whose runc cannot run on this host (see [`ContainerdBuild::runc_version`]).
+    pub runc: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -83,6 +86,7 @@ impl NodeConfig {
             registry_config_path: RegistryConfigPath::NodeDefault,
             discard_unpacked_layers: false,
             sandbox_image: None,
+            runc: None,
         }
     }
 }
@@ -150,6 +154,11 @@ impl ContainerdNode {
         .with_context(|| format!("generating the config of node {name}"))?;
         fs::write(&layout.config_file, rendered)
             .with_context(|| format!("writing {}", layout.config_file.display()))?;
+        if let Some(runc) = &config.runc {
+            let link = layout.runc_dir.join("runc");
+            std::os::unix::fs::symlink(runc, &link)
+                .with_context(|| format!("linking {} to {}", link.display(), runc.display()))?;
+        }
         let daemon = Daemon::spawn(build, &layout)?;
 
         let node = Self {
@@ -330,6 +339,8 @@ struct Layout {
     certs_dir: PathBuf,
     cni_bin_dir: PathBuf,
     cni_conf_dir: PathBuf,
+    /// First on containerd's PATH: empty, or a `runc` standing in for the build's.
+    runc_dir: PathBuf,
     log_file: PathBuf,
 }
 
@@ -348,6 +359,7 @@ impl Layout {
             certs_dir: dir.join("certs.d"),
             cni_bin_dir: dir.join("cni/bin"),
             cni_conf_dir: dir.join("cni/net.d"),
+            runc_dir: dir.join("runc"),
             log_file: dir.join("containerd.log"),
         }
     }
@@ -366,6 +378,7 @@ impl Layout {
             &self.certs_dir,
             &self.cni_bin_dir,
             &self.cni_conf_dir,
+            &self.runc_dir,
         ] {
             fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
@@ -394,13 +407,18 @@ impl Daemon {
             .try_clone()
             .with_context(|| format!("sharing {}", layout.log_file.display()))?;
         let bin = build.containerd_bin();
-        // containerd finds its shim, and the shim runc, on PATH: the build's own.
+        // containerd finds its shim, and the shim runc, on PATH: the build's own,
+        // unless the node's runc directory holds a replacement.
         let path = std::env::join_paths(
-            [build.root.join("usr/bin"), build.root.join("usr/sbin")]
-                .into_iter()
-                .chain(std::env::split_paths(
-                    &std::env::var_os("PATH").unwrap_or_default(),
-                )),
+            [
+                layout.runc_dir.clone(),
+                build.root.join("usr/bin"),
+                build.root.join("usr/sbin"),
+            ]
+            .into_iter()
+            .chain(std::env::split_paths(
+                &std::env::var_os("PATH").unwrap_or_default(),
+            )),
         )
         .context("a PATH with the build's directories")?;
         let child = Command::new(&bin)

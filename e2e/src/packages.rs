@@ -155,6 +155,15 @@ impl ContainerdBuild {
         }
     }
 
+    /// What the build's runc reports, if it runs on this host: a newer suite's is linked
+    /// against a newer glibc (trixie, sid and noble need 2.38) than an older
+    /// host has. The error says why not.
+    pub fn runc_version(&self) -> Result<String> {
+        let runc = self.runc_bin();
+        let stdout = run(Command::new(&runc).arg("--version"))?;
+        Ok(stdout.lines().next().unwrap_or_default().to_owned())
+    }
+
     /// The version the binary itself reports, which is also what its Version RPC
     /// answers; it can differ from the package version (sid's lacks the `~ds1`).
     pub fn reported_version(&self) -> Result<String> {

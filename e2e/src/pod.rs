@@ -2,25 +2,25 @@
 //! sandbox, then init containers to completion, then containers. The
 //! release gate's pod mode builds on this.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
-    CreateContainerRequest, ImageSpec, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StopPodSandboxRequest,
+    CreateContainerRequest, DnsConfig, ImageSpec, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    PodSandboxMetadata, RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopContainerRequest, StopPodSandboxRequest,
     runtime_service_client::RuntimeServiceClient,
 };
 use tonic::transport::Channel;
 
 use crate::node::ContainerdNode;
-use crate::pod_template::PodPlan;
+use crate::pod_template::{Dns, PodPlan};
 
 /// A node's CRI runtime service.
+#[derive(Clone)]
 pub struct Pods {
     runtime: RuntimeServiceClient<Channel>,
     /// Where container logs go, as kubelet's `/var/log/pods`.
@@ -28,6 +28,7 @@ pub struct Pods {
 }
 
 /// A running sandbox, and the config its containers are created with.
+#[derive(Clone)]
 pub struct Sandbox {
     pub id: String,
     config: PodSandboxConfig,
@@ -35,7 +36,7 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// Where CRI writes a container's log.
-    fn log(&self, config: &ContainerConfig) -> PathBuf {
+    pub fn log(&self, config: &ContainerConfig) -> PathBuf {
         PathBuf::from(&self.config.log_directory).join(&config.log_path)
     }
 }
@@ -59,7 +60,18 @@ impl Pods {
     /// `RunPodSandbox` in the node's network namespace, as for a
     /// `hostNetwork` pod.
     pub async fn run_host_network_sandbox(&self, name: &str) -> Result<Sandbox> {
+        self.run_sandbox(name, None).await
+    }
+
+    /// A host-network sandbox whose resolv.conf is `dns`, as kubelet sets
+    /// it for a `ClusterFirstWithHostNet` pod; `None` keeps the node's.
+    async fn run_sandbox(&self, name: &str, dns: Option<&Dns>) -> Result<Sandbox> {
         let config = PodSandboxConfig {
+            dns_config: dns.map(|dns| DnsConfig {
+                servers: dns.servers.clone(),
+                searches: dns.searches.clone(),
+                options: dns.options.clone(),
+            }),
             metadata: Some(PodSandboxMetadata {
                 name: name.to_owned(),
                 uid: format!("{name}-uid"),
@@ -135,7 +147,10 @@ impl Pods {
     }
 
     /// `CreateContainer` then `StartContainer`; the container's id.
-    async fn start(&self, sandbox: &Sandbox, config: ContainerConfig) -> Result<String> {
+    pub async fn start(&self, sandbox: &Sandbox, config: ContainerConfig) -> Result<String> {
+        if let Some(dir) = sandbox.log(&config).parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
         let name = config
             .metadata
             .as_ref()
@@ -161,21 +176,54 @@ impl Pods {
         Ok(id)
     }
 
-    async fn wait_exited(&self, id: &str, patience: Duration) -> Result<i32> {
+    /// `ContainerStatus`: the exit code once the container has exited,
+    /// `None` while it has not.
+    pub async fn exit_code(&self, id: &str) -> Result<Option<i32>> {
         let mut runtime = self.runtime.clone();
+        let status = runtime
+            .container_status(ContainerStatusRequest {
+                container_id: id.to_owned(),
+                verbose: false,
+            })
+            .await
+            .with_context(|| format!("CRI ContainerStatus {id}"))?
+            .into_inner()
+            .status
+            .context("ContainerStatus without a status")?;
+        Ok((status.state == ContainerState::ContainerExited as i32).then_some(status.exit_code))
+    }
+
+    /// `StopContainer`: SIGTERM, then SIGKILL after `grace` (at once for
+    /// zero, as for a node that dies).
+    pub async fn stop_container(&self, id: &str, grace: Duration) -> Result<()> {
+        let mut runtime = self.runtime.clone();
+        runtime
+            .stop_container(StopContainerRequest {
+                container_id: id.to_owned(),
+                timeout: i64::try_from(grace.as_secs())?,
+            })
+            .await
+            .with_context(|| format!("CRI StopContainer {id}"))?;
+        Ok(())
+    }
+
+    /// `RemoveContainer`, before kubelet creates the next attempt.
+    pub async fn remove_container(&self, id: &str) -> Result<()> {
+        let mut runtime = self.runtime.clone();
+        runtime
+            .remove_container(RemoveContainerRequest {
+                container_id: id.to_owned(),
+            })
+            .await
+            .with_context(|| format!("CRI RemoveContainer {id}"))?;
+        Ok(())
+    }
+
+    async fn wait_exited(&self, id: &str, patience: Duration) -> Result<i32> {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
-            let status = runtime
-                .container_status(ContainerStatusRequest {
-                    container_id: id.to_owned(),
-                    verbose: false,
-                })
-                .await?
-                .into_inner()
-                .status
-                .context("ContainerStatus without a status")?;
-            if status.state == ContainerState::ContainerExited as i32 {
-                return Ok(status.exit_code);
+            if let Some(code) = self.exit_code(id).await? {
+                return Ok(code);
             }
             if tokio::time::Instant::now() > deadline {
                 bail!("container {id} did not exit within {patience:?}");
@@ -201,7 +249,7 @@ impl Pods {
             plan.host_network,
             "pod {name}: only host-network pods are run here"
         );
-        let sandbox = self.run_host_network_sandbox(name).await?;
+        let sandbox = self.run_sandbox(name, plan.dns.as_ref()).await?;
         for init in &plan.init_containers {
             let (code, log) = self
                 .complete(&sandbox, init.config.clone(), patience)

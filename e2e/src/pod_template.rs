@@ -15,11 +15,33 @@ use k8s_cri::v1::{
 use k8s_openapi::api::core::v1::{Container, PodSpec, Probe};
 use serde_json::Value;
 
-/// What the downward API gives a pod on its node.
+/// What kubelet knows of the pod's node and cluster: the downward API's
+/// values, and the cluster DNS it points `ClusterFirst*` pods at.
 #[derive(Debug, Clone)]
 pub struct Downward {
     pub node_ip: String,
     pub node_name: String,
+    /// The pod's namespace, first in its DNS search path.
+    pub namespace: String,
+    /// The cluster DNS server's address and the cluster domain; `None` where
+    /// no cluster DNS runs, and a pod that needs it is refused.
+    pub cluster_dns: Option<(String, String)>,
+}
+
+/// The pod's `/etc/resolv.conf`, as kubelet sets it through CRI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    pub servers: Vec<String>,
+    pub searches: Vec<String>,
+    pub options: Vec<String>,
+}
+
+/// What happens to a container that exits: the pod's `restartPolicy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restart {
+    Always,
+    OnFailure,
+    Never,
 }
 
 /// An HTTP probe, resolved to a port number.
@@ -28,6 +50,7 @@ pub struct HttpProbe {
     pub path: String,
     pub port: u16,
     pub period: Duration,
+    pub timeout: Duration,
     pub failure_threshold: u32,
 }
 
@@ -44,6 +67,11 @@ pub struct ContainerPlan {
 #[derive(Debug, Clone)]
 pub struct PodPlan {
     pub host_network: bool,
+    /// `None`: the node's own resolv.conf.
+    pub dns: Option<Dns>,
+    pub restart: Restart,
+    /// How long a container has between SIGTERM and SIGKILL.
+    pub grace: Duration,
     pub init_containers: Vec<ContainerPlan>,
     pub containers: Vec<ContainerPlan>,
     /// Host directories a `Directory` volume needs to exist, as kubelet
@@ -55,7 +83,7 @@ pub struct PodPlan {
 
 /// Fields of a PodSpec this translation handles. Scheduling fields only
 /// decide which node runs the pod, which the harness has already decided.
-const POD_FIELDS: [&str; 11] = [
+const POD_FIELDS: [&str; 12] = [
     "containers",
     "initContainers",
     "volumes",
@@ -67,6 +95,7 @@ const POD_FIELDS: [&str; 11] = [
     "tolerations",
     "nodeSelector",
     "terminationGracePeriodSeconds",
+    "restartPolicy",
 ];
 const CONTAINER_FIELDS: [&str; 11] = [
     "name",
@@ -142,13 +171,57 @@ pub fn plan(spec: &PodSpec, downward: &Downward) -> Result<PodPlan> {
             .map(|c| container(c, &volumes, downward))
             .collect::<Result<Vec<_>>>()
     };
+    let host_network = spec.host_network == Some(true);
+    let restart = match spec.restart_policy.as_deref() {
+        None | Some("Always") => Restart::Always,
+        Some("OnFailure") => Restart::OnFailure,
+        Some("Never") => Restart::Never,
+        Some(other) => bail!("restartPolicy {other:?} is not Always, OnFailure or Never"),
+    };
     Ok(PodPlan {
-        host_network: spec.host_network == Some(true),
+        host_network,
+        dns: dns(spec.dns_policy.as_deref(), host_network, downward)?,
+        restart,
+        grace: Duration::from_secs(u64::try_from(
+            spec.termination_grace_period_seconds.unwrap_or(30),
+        )?),
         init_containers: plan_all(spec.init_containers.as_deref().unwrap_or_default())?,
         containers: plan_all(&spec.containers)?,
         required_dirs,
         create_dirs,
     })
+}
+
+/// kubelet's resolv.conf for a pod: cluster DNS first for `ClusterFirst`
+/// (`ClusterFirstWithHostNet` on the host network, where plain
+/// `ClusterFirst` falls back to the node's), else the node's own.
+fn dns(policy: Option<&str>, host_network: bool, downward: &Downward) -> Result<Option<Dns>> {
+    let cluster = match policy.unwrap_or("ClusterFirst") {
+        "ClusterFirstWithHostNet" => true,
+        "ClusterFirst" => !host_network,
+        "Default" => false,
+        other => bail!(
+            "dnsPolicy {other:?} is not supported (ClusterFirst, ClusterFirstWithHostNet, Default)"
+        ),
+    };
+    if !cluster {
+        return Ok(None);
+    }
+    let (server, domain) = downward.cluster_dns.clone().with_context(|| {
+        format!(
+            "the pod's dnsPolicy {policy:?} asks for cluster DNS, and the harness was given none"
+        )
+    })?;
+    let namespace = &downward.namespace;
+    Ok(Some(Dns {
+        servers: vec![server],
+        searches: vec![
+            format!("{namespace}.svc.{domain}"),
+            format!("svc.{domain}"),
+            domain.clone(),
+        ],
+        options: vec!["ndots:5".to_owned()],
+    }))
 }
 
 fn container(
@@ -222,6 +295,7 @@ fn container(
             path: http.path.clone().unwrap_or_else(|| "/".to_owned()),
             port,
             period: Duration::from_secs(u64::try_from(probe.period_seconds.unwrap_or(10))?),
+            timeout: Duration::from_secs(u64::try_from(probe.timeout_seconds.unwrap_or(1))?),
             failure_threshold: u32::try_from(probe.failure_threshold.unwrap_or(3))?,
         }))
     };
@@ -268,7 +342,8 @@ fn container(
             .map(|(key, value)| KeyValue { key, value })
             .collect(),
         mounts,
-        log_path: format!("{}.log", c.name),
+        // kubelet's layout: one file per attempt, in a directory per container.
+        log_path: format!("{}/0.log", c.name),
         linux: Some(LinuxContainerConfig {
             resources: Some(LinuxContainerResources {
                 memory_limit_in_bytes: memory_limit,
@@ -359,6 +434,8 @@ mod tests {
         Downward {
             node_ip: "127.0.1.7".to_owned(),
             node_name: "node-7".to_owned(),
+            namespace: "reflektor".to_owned(),
+            cluster_dns: Some(("127.0.53.53".to_owned(), "cluster.local".to_owned())),
         }
     }
 
@@ -424,8 +501,24 @@ mod tests {
                 path: "/readyz".to_owned(),
                 port: 5000,
                 period: Duration::from_secs(5),
+                timeout: Duration::from_secs(2),
                 failure_threshold: 3,
             })
+        );
+        assert_eq!(
+            plan.dns.as_ref().map(|dns| dns.servers.clone()),
+            Some(vec!["127.0.53.53".to_owned()]),
+            "ClusterFirstWithHostNet resolves through cluster DNS"
+        );
+        assert_eq!(plan.restart, Restart::Always);
+        assert_eq!(plan.grace, Duration::from_secs(30));
+        assert!(
+            registry
+                .config
+                .args
+                .contains(&"--registry-addr=127.0.1.7:5000".to_owned()),
+            "{:?}",
+            registry.config.args
         );
         let init = &plan.init_containers[0].config;
         assert!(
@@ -446,6 +539,15 @@ mod tests {
         pod.containers[0].command = Some(vec!["/bin/sh".to_owned()]);
         let error = plan(&pod, &downward()).unwrap_err().to_string();
         assert!(error.contains("command"), "{error}");
+
+        let without_dns = Downward {
+            cluster_dns: None,
+            ..downward()
+        };
+        let error = plan(&generated_pod(), &without_dns)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("cluster DNS"), "{error}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus, TestSuite};
 use serde::Serialize;
 
 use crate::cluster::Expect;
+use crate::deploy::Deploy;
 
 /// The checks, in table order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -191,6 +192,15 @@ impl Cell {
     }
 }
 
+/// How the agent ran, with the pod's start-to-Ready time where measured.
+fn deploy_cell(row: &Row) -> String {
+    match (row.deploy, row.ready_seconds) {
+        (None, _) => "-".to_owned(),
+        (Some(deploy), None) => deploy.to_string(),
+        (Some(deploy), Some(ready)) => format!("{deploy}, Ready {ready:.1}s"),
+    }
+}
+
 /// One node of one cluster.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
@@ -204,6 +214,13 @@ pub struct Row {
     /// The agent's verdict on it.
     pub verdict: Option<String>,
     pub expect: Expect,
+    /// How the agent ran on the node; `None` where it never started.
+    pub deploy: Option<Deploy>,
+    /// From start to Ready, where the mode measures it (pods do).
+    pub ready_seconds: Option<f64>,
+    /// How the node was set up and how its agent ran, for whoever reads
+    /// a failure (which runc, image pull time).
+    pub notes: Vec<String>,
     pub cells: BTreeMap<Column, Cell>,
 }
 
@@ -217,6 +234,9 @@ impl Row {
             reported: None,
             verdict: None,
             expect,
+            deploy: None,
+            ready_seconds: None,
+            notes: Vec::new(),
             cells: BTreeMap::new(),
         }
     }
@@ -307,11 +327,11 @@ impl Report {
         table
             .load_style(UTF8_FULL_CONDENSED)
             .set_content_arrangement(ContentArrangement::Dynamic);
-        let mut header = vec!["cluster/node".to_owned()];
+        let mut header = vec!["cluster/node".to_owned(), "deploy".to_owned()];
         header.extend(Column::ALL.iter().map(|c| c.title().to_owned()));
         table.set_header(header);
         for row in self.rows() {
-            let mut line = vec![format!("{}/{}", row.cluster, row.node)];
+            let mut line = vec![format!("{}/{}", row.cluster, row.node), deploy_cell(row)];
             line.extend(Column::ALL.iter().map(|c| table_cell(row, *c)));
             table.add_row(line);
         }
@@ -343,12 +363,16 @@ impl Report {
                 self.filter.join(", ")
             );
         }
-        let mut header = vec!["cluster/node", "source"];
+        let mut header = vec!["cluster/node", "source", "deploy"];
         header.extend(Column::ALL.iter().map(|c| c.title()));
         let _ = writeln!(md, "| {} |", header.join(" | "));
         let _ = writeln!(md, "|{}", "---|".repeat(header.len()));
         for row in self.rows() {
-            let mut line = vec![format!("{}/{}", row.cluster, row.node), row.source.clone()];
+            let mut line = vec![
+                format!("{}/{}", row.cluster, row.node),
+                row.source.clone(),
+                deploy_cell(row),
+            ];
             line.extend(Column::ALL.iter().map(|c| table_cell(row, *c)));
             let _ = writeln!(md, "| {} |", line.join(" | ").replace('\n', " "));
         }
@@ -384,6 +408,9 @@ impl Report {
                         .map(|v| format!(", package {v}"))
                         .unwrap_or_default()
                 );
+                for note in &row.notes {
+                    let _ = writeln!(md, "- {note}");
+                }
                 for (column, cell) in &row.cells {
                     let _ = writeln!(
                         md,

@@ -216,7 +216,7 @@ async fn peer_pulls_through_the_agent(
 ) -> Result<()> {
     let build = support::build(suite).await?;
     let node = ContainerdNode::start(&build, NodeConfig::new(format!("peer-{suite}"))).await?;
-    reflektor.configure_mirror(&node, agent, images.upstream.addr())?;
+    reflektor.configure_mirror(&node, agent.addr(), images.upstream.addr())?;
     let cri = Cri::connect(&node).await?;
     let k8s = K8sNamespace::connect(&node).await?;
     let before = served_bytes(agent).await?;

@@ -48,7 +48,7 @@ async fn cluster(
         let agent = reflektor
             .start_peer(Backend::Containerd(&node), ips[i], peering)
             .await?;
-        reflektor.configure_mirror(&node, &agent, images.upstream.addr())?;
+        reflektor.configure_mirror(&node, agent.addr(), images.upstream.addr())?;
         members.push(Member { node, agent });
     }
     for member in &mut members {
@@ -230,7 +230,7 @@ async fn a_different_psk_is_another_cluster_and_removed_images_are_withdrawn() -
         let agent = reflektor
             .start_peer(Backend::Containerd(&node), ips[i], peering)
             .await?;
-        reflektor.configure_mirror(&node, &agent, images.upstream.addr())?;
+        reflektor.configure_mirror(&node, agent.addr(), images.upstream.addr())?;
         members.push(Member { node, agent });
     }
     let [holder, friend, stranger] = &mut members[..] else {
@@ -346,7 +346,7 @@ async fn two_nodes_bootstrapped_by_dns_pull_through_peers() -> Result<()> {
         let agent = reflektor
             .start_peer(Backend::Containerd(&node), ip, peering)
             .await?;
-        reflektor.configure_mirror(&node, &agent, images.upstream.addr())?;
+        reflektor.configure_mirror(&node, agent.addr(), images.upstream.addr())?;
         members.push(Member { node, agent });
     }
     for member in &mut members {

@@ -148,6 +148,7 @@ fn agent_pod_plan(images: &Images, node: &ContainerdNode) -> Result<(PodPlan, Po
         registry: http::free_port(loopback)?.port(),
         router: http::free_port(loopback)?.port(),
         metrics: http::free_port(loopback)?.port(),
+        cleanup: http::free_port(loopback)?.port(),
     };
     let options = Options {
         image: images.agent.clone(),
@@ -174,6 +175,10 @@ fn agent_pod_plan(images: &Images, node: &ContainerdNode) -> Result<(PodPlan, Po
         &Downward {
             node_ip: loopback.to_string(),
             node_name: node.name().to_owned(),
+            namespace: options.namespace.clone(),
+            // One node bootstraps from nobody: its resolv.conf names a
+            // server that does not answer, and bootstrap gives up at once.
+            cluster_dns: Some((loopback.to_string(), options.cluster_domain.clone())),
         },
     )?;
     Ok((plan, ports))

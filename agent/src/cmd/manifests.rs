@@ -72,13 +72,13 @@ fn options(args: &ManifestsArgs) -> anyhow::Result<Options> {
         registry: args.registry_port,
         router: args.router_port,
         metrics: args.metrics_port,
+        cleanup: args.cleanup_port,
     };
+    let all = [ports.registry, ports.router, ports.metrics, ports.cleanup];
     ensure!(
-        ports.registry != ports.router
-            && ports.registry != ports.metrics
-            && ports.router != ports.metrics,
-        "--registry-port, --router-port and --metrics-port must differ: the agents share each \
-         node's network"
+        all.iter().collect::<std::collections::BTreeSet<_>>().len() == all.len(),
+        "--registry-port, --router-port, --metrics-port and --cleanup-port must differ: the \
+         agent and its cleanup pod share each node's network"
     );
     for (flag, value) in [
         ("--cpu-request", &args.cpu_request),

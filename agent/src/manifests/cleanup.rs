@@ -8,11 +8,10 @@ use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::daemonset::{HostDir, http_probe, port, security_context};
+use super::daemonset::{HostDir, http_probe, node_ip, port, security_context};
 use super::{Object, Options, daemon_set, labels, metadata, namespace, service};
 
 const CLEANUP: &str = "reflektor-cleanup";
-const PORT: u16 = 8080;
 
 pub fn objects(options: &Options) -> Vec<Object> {
     // Applied after the install is deleted, the namespace may be gone.
@@ -32,7 +31,7 @@ pub fn objects(options: &Options) -> Vec<Object> {
                 publish_not_ready_addresses: Some(true),
                 ..ServiceSpec::default()
             },
-            ("readyz", PORT),
+            ("readyz", options.ports.cleanup),
         ))),
         Object::Job(Box::new(wait_job(options))),
     ]);
@@ -53,9 +52,10 @@ fn daemonset(options: &Options) -> DaemonSet {
             "cleanup".to_owned(),
             format!("--log-level={}", options.log_level),
             format!("--containerd-registry-config-path={certs_d}"),
-            format!("--addr=:{PORT}"),
+            format!("--addr=$(NODE_IP):{}", options.ports.cleanup),
         ]),
-        ports: Some(vec![port("readyz", PORT)]),
+        env: Some(vec![node_ip()]),
+        ports: Some(vec![port("readyz", options.ports.cleanup)]),
         readiness_probe: Some(http_probe("/readyz", "readyz", 2)),
         volume_mounts: Some(vec![dir.mount(false)]),
         security_context: Some(security_context()),
@@ -66,6 +66,9 @@ fn daemonset(options: &Options) -> DaemonSet {
         options,
         "cleanup",
         PodSpec {
+            // As the agent: no CNI needed, which an uninstall may be
+            // removing too.
+            host_network: Some(true),
             containers: vec![container],
             volumes: Some(vec![dir.volume()]),
             ..PodSpec::default()
@@ -75,8 +78,8 @@ fn daemonset(options: &Options) -> DaemonSet {
 
 fn wait_job(options: &Options) -> Job {
     let endpoint = format!(
-        "{CLEANUP}.{}.svc.{}.:{PORT}",
-        options.namespace, options.cluster_domain
+        "{CLEANUP}.{}.svc.{}.:{}",
+        options.namespace, options.cluster_domain, options.ports.cleanup
     );
     Job {
         metadata: metadata("reflektor-cleanup-wait", options, "cleanup"),

@@ -151,7 +151,7 @@ fn merged(mounts: Vec<VolumeMount>) -> Vec<VolumeMount> {
 }
 
 /// The node's IP, for the mirror target and listen addresses.
-fn node_ip() -> EnvVar {
+pub(super) fn node_ip() -> EnvVar {
     EnvVar {
         name: "NODE_IP".to_owned(),
         value_from: Some(EnvVarSource {
@@ -274,9 +274,11 @@ fn registry_container(options: &Options, dirs: &HostDirs) -> Container {
     let mut args = vec![
         "registry".to_owned(),
         format!("--log-level={}", options.log_level),
-        format!("--registry-addr=:{}", p.registry),
-        format!("--router-addr=:{}", p.router),
-        format!("--metrics-addr=:{}", p.metrics),
+        // The node's address only, not every interface of the host's
+        // network: nothing else on the node needs these ports.
+        format!("--registry-addr=$(NODE_IP):{}", p.registry),
+        format!("--router-addr=$(NODE_IP):{}", p.router),
+        format!("--metrics-addr=$(NODE_IP):{}", p.metrics),
     ];
     args.extend(containerd_args(options));
     args.extend([

@@ -71,6 +71,8 @@ pub struct Ports {
     pub registry: u16,
     pub router: u16,
     pub metrics: u16,
+    /// Where each node's cleanup pod answers the cleanup-wait Job.
+    pub cleanup: u16,
 }
 
 /// Everything a user may change; [`Options::default`] is `deploy/`.
@@ -111,6 +113,7 @@ impl Default for Options {
                 registry: 5000,
                 router: 5001,
                 metrics: 9090,
+                cleanup: 8080,
             },
             mirrored_registries: Vec::new(),
             additional_mirror_targets: Vec::new(),

@@ -23,6 +23,7 @@ mod scenarios;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
@@ -35,6 +36,8 @@ use crate::cluster::{
     self, ADVERTISED_DIGESTS, Builds, ClusterSpec, Expect, Fault, ImageKind, LOCAL_BYTES, Member,
     PEER_BYTES,
 };
+use crate::deploy::pod::{PodImages, PodRunner};
+use crate::deploy::{Deploy, NodeRunner, ProcessRunner};
 use crate::image::{Platform, TestImage};
 use crate::report::{Cell, ClusterOutcome, ClusterResult, Column, Report, Row};
 use crate::scenario::{self, Catalogue};
@@ -59,6 +62,9 @@ pub struct Options {
     pub filter: Vec<String>,
     pub out_dir: PathBuf,
     pub cache: PathBuf,
+    pub deploy: Deploy,
+    /// The images pod mode runs; required for it.
+    pub images: Option<PodImages>,
 }
 
 impl Options {
@@ -177,6 +183,7 @@ async fn run_cluster(
                 members: cluster::members(spec, builds)?,
                 rows,
                 upstream: None,
+                runner: None,
                 host: Platform::host()?,
                 held: vec![0.0; spec.nodes.len()],
                 logs: logs.to_owned(),
@@ -268,6 +275,8 @@ struct Run<'a> {
     members: Vec<Member>,
     rows: Vec<Row>,
     upstream: Option<Upstream>,
+    /// How the agent runs on the nodes; chosen once the upstream is up.
+    runner: Option<Arc<dyn NodeRunner>>,
     host: Platform,
     /// Digests each node holds, and so must advertise.
     held: Vec<f64>,
@@ -279,6 +288,7 @@ struct Run<'a> {
 impl Run<'_> {
     async fn scenario(&mut self, catalogue: &Catalogue) -> Result<()> {
         let pushed = self.start_upstream(catalogue).await?;
+        self.runner = Some(self.runner().await?);
         for i in 0..self.members.len() {
             self.start_and_judge(i).await?;
         }
@@ -349,6 +359,38 @@ impl Run<'_> {
         self.cleanup(&roles).await
     }
 
+    /// The runner for `--deploy`: pod mode pushes the agent's images to
+    /// the upstream.
+    async fn runner(&self) -> Result<Arc<dyn NodeRunner>> {
+        Ok(match self.options.deploy {
+            Deploy::Process => Arc::new(ProcessRunner {
+                reflektor: self.reflektor.clone(),
+                data_dir: self.data.path().to_owned(),
+            }),
+            Deploy::Pod => {
+                let images = self
+                    .options
+                    .images
+                    .as_ref()
+                    .context("pod mode needs the agent's image")?;
+                let upstream = self.upstream.as_ref().context("the upstream is running")?;
+                let ips: Vec<_> = self.members.iter().map(|m| m.ip).collect();
+                let runner = PodRunner::new(images, upstream, &ips, &self.options.cache).await?;
+                progress(
+                    &self.spec.name,
+                    &format!("agent image {} pushed to the upstream", runner.image_digest),
+                );
+                Arc::new(runner)
+            }
+        })
+    }
+
+    fn runner_ref(&self) -> Result<Arc<dyn NodeRunner>> {
+        self.runner
+            .clone()
+            .context("the cluster's runner is chosen")
+    }
+
     /// Starts the cluster's upstream and pushes the images it declares.
     async fn start_upstream(&mut self, catalogue: &Catalogue) -> Result<Pushed> {
         let upstream = Upstream::start().await?;
@@ -396,8 +438,12 @@ impl Run<'_> {
             ))
         })
         .await?;
-        let name = self.spec.name.clone();
-        self.members[i].start_node(&name).await?;
+        let (config, notes) = self
+            .runner_ref()?
+            .node_config(&self.spec.name, &self.members[i])
+            .await?;
+        self.rows[i].notes.extend(notes);
+        self.members[i].start_node(config).await?;
         if self.members[i].spec.expect == Expect::Supported {
             let upstream = self.upstream.as_ref().context("the upstream is running")?;
             // The operator's own configuration, which `cleanup` must restore.
@@ -518,10 +564,26 @@ impl Run<'_> {
     }
 
     async fn start_agents(&mut self, roles: &[usize]) -> Result<()> {
-        cluster::start_agents(&mut self.members, roles, self.reflektor, self.data.path()).await?;
+        let started = Instant::now();
+        let runner = self.runner_ref()?;
+        let upstream = self.upstream.as_ref().context("the upstream is running")?;
+        runner.start(&mut self.members, roles, upstream).await?;
+        for &i in roles {
+            let agent = self.members[i].agent()?;
+            self.rows[i].deploy = Some(runner.deploy());
+            self.rows[i].notes.extend(agent.notes());
+            self.rows[i].ready_seconds = agent
+                .ready_after()
+                .map(|t| (t.as_secs_f64() * 10.0).round() / 10.0);
+        }
         progress(
             &self.spec.name,
-            &format!("{} agents up and peered", roles.len()),
+            &format!(
+                "{} agents up and peered, as {} ({:.1}s)",
+                roles.len(),
+                self.options.deploy,
+                started.elapsed().as_secs_f64()
+            ),
         );
         Ok(())
     }

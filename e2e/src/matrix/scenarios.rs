@@ -6,7 +6,8 @@ use super::*;
 use crate::throttle::Throttle;
 
 impl Run<'_> {
-    /// `reflektor configuration`, then a look at what it wrote.
+    /// `reflektor configuration` (the host process's, or the pod's init
+    /// container's, which has run already), then a look at what it wrote.
     pub(super) fn configure_mirror(&mut self, i: usize) -> Result<()> {
         let started = Instant::now();
         let result = (|| {
@@ -15,9 +16,9 @@ impl Run<'_> {
             let node = member.node()?;
             let agent = member.agent()?;
             let certs = node.certs_dir();
-            let original = fs::read(certs.join(upstream.addr().to_string()).join("hosts.toml"))?;
-            self.reflektor
-                .configure_mirror(node, agent, upstream.addr())?;
+            // What `Upstream::configure_node` wrote: the operator's file.
+            let original = upstream.hosts_toml().into_bytes();
+            self.runner_ref()?.configure(member, upstream)?;
             let dir = certs.join(upstream.addr().to_string());
             let written = fs::read_to_string(dir.join("hosts.toml"))
                 .with_context(|| format!("reading {}/hosts.toml", dir.display()))?;
@@ -157,13 +158,21 @@ impl Run<'_> {
             let result = async {
                 let member = &mut self.members[second];
                 member.node_mut()?.restart().await?;
-                let agent = member.agent.as_mut().context("an agent runs")?;
-                ensure!(
-                    agent.exited()?.is_none(),
-                    "the agent exited when containerd restarted:\n{}",
-                    agent.log()
-                );
-                Ok(())
+                // Through the mounted socket directory, the agent reaches the
+                // new socket and serves again, without a restart of its own.
+                let mirror = member.agent()?.addr();
+                eventually(
+                    "the agent ready again after containerd's restart",
+                    || async {
+                        let response = crate::http::get(mirror, "/readyz", "*/*").await;
+                        Ok(response.is_ok_and(|r| r.status() == 200))
+                    },
+                )
+                .await?;
+                member
+                    .agent_mut()?
+                    .check_running()
+                    .context("after containerd restarted")
             }
             .await;
             if let Err(error) = result {
@@ -404,6 +413,7 @@ impl Run<'_> {
             if !self.options.wants(Column::Cleanup) {
                 continue;
             }
+            let runner = self.runner_ref()?;
             self.check(i, Column::Cleanup, async |run: &mut Self| {
                 let member = &mut run.members[i];
                 let certs = member.node()?.certs_dir().to_owned();
@@ -416,10 +426,8 @@ impl Run<'_> {
                         Some(upstream.hosts_toml().into_bytes()),
                     ),
                 ]);
-                if let Some(status) = member.stop_agent().await? {
-                    ensure!(status.success(), "the agent exited {status} on SIGTERM");
-                }
-                run.reflektor.cleanup(member.node()?)?;
+                member.stop_agent().await?;
+                runner.cleanup(member).await?;
                 let found = tree(&certs)?;
                 ensure!(
                     found == expected,
