@@ -294,6 +294,24 @@ impl Upstream {
         Ok(())
     }
 
+    /// The image manifest the registry serves for `repo:reference`.
+    pub async fn image_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<oci_spec::image::ImageManifest> {
+        let path = format!("/v2/{repo}/manifests/{reference}");
+        let response = http::get(self.addr, &path, MANIFEST_ACCEPT).await?;
+        ensure!(
+            response.status() == StatusCode::OK,
+            "GET {}{path} answered {}; expected 200",
+            self.url(),
+            response.status()
+        );
+        oci_spec::image::ImageManifest::from_reader(response.body().as_ref())
+            .with_context(|| format!("GET {}{path} is not an image manifest", self.url()))
+    }
+
     /// The digest and media type the registry serves `repo:reference` as, after
     /// checking that the digest header matches the body.
     async fn manifest(&self, repo: &str, reference: &str) -> Result<(String, String)> {

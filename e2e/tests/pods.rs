@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use k8s_cri::v1::Mount;
+use k8s_openapi::api::core::v1::{Container, PodSpec};
 use reflektor::manifests::{self, ContainerdPaths, Object, Options, Ports};
 use reflektor_e2e::agent::Reflektor;
 use reflektor_e2e::agent_image::{self, ImageSpec};
 use reflektor_e2e::cri::Cri;
 use reflektor_e2e::debian::Suite;
 use reflektor_e2e::http;
+use reflektor_e2e::kubelet::KubeletPod;
 use reflektor_e2e::node::{ContainerdNode, NodeConfig};
 use reflektor_e2e::packages::{self, ContainerdBuild, FetchError, PackageSource, Ubuntu};
 use reflektor_e2e::pod::Pods;
@@ -327,4 +329,98 @@ async fn bookworm_runs_the_generated_daemonset_pod_until_ready() -> Result<()> {
     let removed = pods.remove(pod.sandbox).await;
     checks?;
     removed
+}
+
+/// The kubelet test double restarts a container that exits, as kubelet
+/// does under `restartPolicy: Always` (after its 10 s back-off), and leaves
+/// it down under `Never`.
+#[tokio::test]
+async fn a_container_that_exits_is_restarted_per_the_restart_policy() -> Result<()> {
+    if !support::root_or_skip("a_container_that_exits_is_restarted_per_the_restart_policy") {
+        return Ok(());
+    }
+    let images = images().await?;
+    let build = support::build(Suite::Bookworm).await?;
+    let node = node(&images, &build, "restart-policy-bookworm").await?;
+    let pods = Pods::connect(&node).await?;
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let downward = Downward {
+        node_ip: loopback.to_string(),
+        node_name: node.name().to_owned(),
+        namespace: "reflektor".to_owned(),
+        cluster_dns: None,
+    };
+    // `check-version` prints its verdict and exits at once.
+    let exits = |policy: &str| PodSpec {
+        host_network: Some(true),
+        dns_policy: Some("Default".to_owned()),
+        automount_service_account_token: Some(false),
+        restart_policy: Some(policy.to_owned()),
+        containers: vec![Container {
+            name: "exits".to_owned(),
+            image: Some(images.agent.clone()),
+            args: Some(vec!["check-version".to_owned(), "not a version".to_owned()]),
+            ..Container::default()
+        }],
+        ..PodSpec::default()
+    };
+    let patience = Duration::from_secs(60);
+    let mut always = KubeletPod::start(
+        &pods,
+        "always",
+        &pod_template::plan(&exits("Always"), &downward)?,
+        loopback,
+        patience,
+    )
+    .await?;
+    let mut never = KubeletPod::start(
+        &pods,
+        "never",
+        &pod_template::plan(&exits("Never"), &downward)?,
+        loopback,
+        patience,
+    )
+    .await?;
+    let checks = async {
+        let restarted = tokio::time::timeout(Duration::from_secs(30), async {
+            while always.status().restarts < 1 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        let status = always.status();
+        ensure!(
+            restarted.is_ok() && status.exits >= 1,
+            "under Always, the container was not restarted within 30 s: {status:?}"
+        );
+        ensure!(
+            status
+                .events
+                .iter()
+                .any(|e| e.contains("restarting in 10s")),
+            "no back-off in the events: {status:?}"
+        );
+        ensure!(
+            !status.ready,
+            "a container that keeps exiting is not Ready: {status:?}"
+        );
+        let status = never.status();
+        ensure!(
+            status.exits == 1 && status.restarts == 0,
+            "under Never, the container must stay down: {status:?}"
+        );
+        let log = always.log();
+        ensure!(
+            log.matches("\"input\": \"not a version\"").count() >= 2,
+            "the log of every attempt is kept:\n{log}"
+        );
+        Ok(())
+    }
+    .await;
+    // Removed whatever happened: a pod's shim outlives its containerd.
+    let removed = (always.delete().await, never.delete().await);
+    checks?;
+    removed.0?;
+    removed.1?;
+    Ok(())
 }

@@ -144,6 +144,12 @@ pub trait NodeRunner: Send + Sync {
         upstream: &Upstream,
     ) -> Result<()>;
 
+    /// The digests each node holds once its agent runs, before it pulls
+    /// anything: what the deployment itself brought (the pod's images).
+    fn digests_held_at_start(&self) -> u64 {
+        0
+    }
+
     /// Points the member's containerd at its agent, if starting it did not:
     /// `reflektor configuration`, as the init container runs it.
     fn configure(&self, member: &Member, upstream: &Upstream) -> Result<()>;

@@ -47,6 +47,8 @@ pub struct PodRunner {
     /// Its manifest digest, for the report.
     pub image_digest: String,
     pause: String,
+    /// Manifest, config and layers of both images: every node holds them.
+    image_digests: u64,
     dns: ClusterDns,
     ports: Ports,
     upstream: SocketAddr,
@@ -70,10 +72,16 @@ impl PodRunner {
             .push_archive(&images.pause, "reflektor/pause", "e2e")
             .await
             .with_context(|| format!("pushing {}", images.pause.display()))?;
+        let mut image_digests = 0;
+        for repo in ["reflektor/reflektor", "reflektor/pause"] {
+            let manifest = upstream.image_manifest(repo, "e2e").await?;
+            image_digests += 2 + manifest.layers().len() as u64;
+        }
         Ok(PodRunner {
             image,
             image_digest,
             pause,
+            image_digests,
             dns: ClusterDns::start().await?,
             ports: shared_ports(ips)?,
             upstream: upstream.addr(),
@@ -219,6 +227,10 @@ impl NodeRunner for PodRunner {
                 .with_context(|| format!("the agent pod of {name} becoming Ready with a peer"))?;
         }
         Ok(())
+    }
+
+    fn digests_held_at_start(&self) -> u64 {
+        self.image_digests
     }
 
     /// The init container ran `configuration` before the agent started.

@@ -570,6 +570,7 @@ impl Run<'_> {
         runner.start(&mut self.members, roles, upstream).await?;
         for &i in roles {
             let agent = self.members[i].agent()?;
+            self.held[i] = runner.digests_held_at_start() as f64;
             self.rows[i].deploy = Some(runner.deploy());
             self.rows[i].notes.extend(agent.notes());
             self.rows[i].ready_seconds = agent
