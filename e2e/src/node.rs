@@ -12,7 +12,7 @@ use std::{
     env,
     ffi::OsString,
     fs::{self, File},
-    os::unix::ffi::OsStringExt,
+    os::unix::ffi::{OsStrExt, OsStringExt},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -545,6 +545,7 @@ impl Workdir {
         let Some(dir) = self.dir.take() else {
             return Ok(());
         };
+        kill_shims_of(&self.path);
         if let Err(err) = unmount_under(&self.path) {
             // Deleting recursively would reach into whatever is still mounted.
             let kept = dir.keep();
@@ -567,6 +568,76 @@ impl Drop for Workdir {
                 self.path.display()
             );
         }
+    }
+}
+
+/// Kills every shim the node's containerd started, and everything under
+/// each (the pod's containers: a shim is their subreaper), so that a failed
+/// or interrupted run leaves no pod behind. Shims are made to outlive
+/// containerd, for its restarts, so stopping containerd does not end them;
+/// a shim names its containerd's socket, under `dir`, on its command line.
+/// Pods deleted through CRI have no shim left, and this finds nothing.
+fn kill_shims_of(dir: &Path) {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return;
+    };
+    // (pid, parent pid) of every process, and which ones are this node's shims.
+    let mut parents = Vec::new();
+    let mut shims = Vec::new();
+    for entry in entries.filter_map(|e| e.ok()) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`; comm may hold spaces and parentheses.
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|ppid| ppid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        parents.push((pid, ppid));
+        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let mut args = cmdline
+            .split(|&b| b == 0)
+            .map(|arg| Path::new(std::ffi::OsStr::from_bytes(arg)));
+        let is_shim = args
+            .next()
+            .and_then(|argv0| argv0.file_name())
+            .is_some_and(|name| name.to_string_lossy().starts_with("containerd-shim"));
+        if is_shim && args.any(|arg| arg.starts_with(dir)) {
+            shims.push(pid);
+        }
+    }
+    let mut doomed = shims.clone();
+    let mut next = 0;
+    while next < doomed.len() {
+        let parent = doomed[next];
+        doomed.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(pid, _)| *pid),
+        );
+        next += 1;
+    }
+    if !shims.is_empty() {
+        eprintln!(
+            "node directory {}: killing {} leftover shim(s) and the {} process(es) under them",
+            dir.display(),
+            shims.len(),
+            doomed.len() - shims.len()
+        );
+    }
+    for pid in doomed {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
 

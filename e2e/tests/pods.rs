@@ -424,3 +424,69 @@ async fn a_container_that_exits_is_restarted_per_the_restart_policy() -> Result<
     removed.1?;
     Ok(())
 }
+
+/// A node stopped while its pod still runs (a failed or interrupted run)
+/// leaves no shim and no container process behind: shims outlive their
+/// containerd by design, so the node ends them itself.
+#[tokio::test]
+async fn a_node_stopped_under_a_running_pod_leaves_no_process_behind() -> Result<()> {
+    if !support::root_or_skip("a_node_stopped_under_a_running_pod_leaves_no_process_behind") {
+        return Ok(());
+    }
+    let images = images().await?;
+    let build = support::build(Suite::Bookworm).await?;
+    let node = node(&images, &build, "leftovers-bookworm").await?;
+    let dir = node.dir().to_owned();
+    let pods = Pods::connect(&node).await?;
+    let sandbox = pods.run_host_network_sandbox("left-running").await?;
+    let shims = processes_naming(&dir, "containerd-shim");
+    ensure!(
+        !shims.is_empty(),
+        "no shim of {} runs: the test would prove nothing",
+        dir.display()
+    );
+    drop(sandbox);
+    node.stop().await?;
+    let left = processes_naming(&dir, "");
+    ensure!(
+        left.is_empty(),
+        "processes naming {} outlived the node: {left:?}",
+        dir.display()
+    );
+    // Killed, they linger as zombies until init reaps them.
+    let running = |pid: &u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.rsplit_once(") ")
+                .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+        })
+    };
+    let gone = tokio::time::timeout(Duration::from_secs(5), async {
+        while shims.iter().any(running) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    ensure!(gone.is_ok(), "the shims {shims:?} still run");
+    Ok(())
+}
+
+/// Pids whose command line names something under `dir`, and whose program
+/// name starts with `program`.
+fn processes_naming(dir: &std::path::Path, program: &str) -> Vec<u32> {
+    let dir = dir.display().to_string();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let name = args.first()?.rsplit('/').next()?.to_owned();
+            (name.starts_with(program) && args.iter().any(|a| a.contains(&dir))).then_some(pid)
+        })
+        .collect()
+}
