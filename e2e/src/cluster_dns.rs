@@ -33,12 +33,26 @@ pub struct ClusterDns {
 impl ClusterDns {
     pub async fn start() -> Result<Self> {
         let addr = SocketAddr::from((ADDRESS, 53));
-        let socket = UdpSocket::bind(addr).await.with_context(|| {
-            format!(
-                "the cluster DNS stand-in cannot listen on {addr} (UDP); is another DNS \
-                 server bound to port 53 on every address?"
-            )
-        })?;
+        // The previous cluster's server closes its socket once its aborted
+        // task is dropped, a moment after the cluster ends.
+        let mut tries = 0;
+        let socket = loop {
+            match UdpSocket::bind(addr).await {
+                Ok(socket) => break socket,
+                Err(error) if error.kind() == std::io::ErrorKind::AddrInUse && tries < 40 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Err(error) => {
+                    return Err(error).with_context(|| {
+                        format!(
+                            "the cluster DNS stand-in cannot listen on {addr} (UDP); is another \
+                             DNS server bound to port 53 on every address?"
+                        )
+                    });
+                }
+            }
+        };
         let records = Records::default();
         let task = tokio::spawn(serve(socket, records.clone()));
         Ok(ClusterDns { records, task })
