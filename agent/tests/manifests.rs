@@ -10,7 +10,7 @@ use clap::Parser;
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use reflektor::cli::{Cli, Command};
-use reflektor::manifests::{self, ContainerdPaths, Object, Options};
+use reflektor::manifests::{self, ContainerdPaths, Object, Options, Ports};
 
 fn deploy_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -47,6 +47,12 @@ fn everything() -> Options {
         priority_class_name: None,
         service_monitor: true,
         grafana_dashboard: true,
+        ports: Ports {
+            registry: 5000,
+            router: 5001,
+            metrics: 9090,
+            cleanup: 5002,
+        },
         ..Options::default()
     }
 }
@@ -148,7 +154,7 @@ fn container_arguments_parse_and_mean_what_the_options_say() {
     let Command::Cleanup(args) = command(&pod(&cleanup, "reflektor-cleanup").containers[0]) else {
         panic!("the cleanup DaemonSet runs cleanup");
     };
-    assert_eq!(args.addr.as_deref(), Some("10.1.2.3:8080"));
+    assert_eq!(args.addr.as_deref(), Some("10.1.2.3:5002"));
 }
 
 /// Every mount names a volume, every volume is mounted, and containerd's
@@ -247,4 +253,9 @@ fn directories_that_coincide_share_a_volume_and_a_mount() {
 #[test]
 fn a_k3s_install_with_every_option() {
     insta::assert_snapshot!(manifests::to_yaml(&manifests::install(&everything())));
+}
+
+#[test]
+fn a_k3s_uninstall_with_every_option() {
+    insta::assert_snapshot!(manifests::to_yaml(&manifests::uninstall(&everything())));
 }

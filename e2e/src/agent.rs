@@ -198,6 +198,18 @@ pub async fn metric_at(metrics: SocketAddr, needles: &[&str]) -> Result<f64> {
         .sum())
 }
 
+/// Waits until the agent whose metrics are at `metrics` has a peer
+/// (`reflektor_peers`), within the harness's patience.
+pub async fn wait_for_peer(metrics: SocketAddr) -> Result<()> {
+    crate::support::eventually("the agent has a peer", move || async move {
+        Ok(metric_at(metrics, &["reflektor_peers "])
+            .await
+            .unwrap_or(0.0)
+            >= 1.0)
+    })
+    .await
+}
+
 /// A running `reflektor registry`, stopped with SIGTERM by [`Agent::stop`]
 /// and killed on drop, so a failing test leaves no agent behind.
 #[derive(Debug)]
@@ -453,15 +465,9 @@ impl Agent {
     pub async fn wait_until_ready(&mut self) -> Result<()> {
         self.wait_for("/readyz").await?;
         if self.peering {
-            let metrics = self.metrics;
-            crate::support::eventually("the agent has a peer", move || async move {
-                Ok(metric_at(metrics, &["reflektor_peers "])
-                    .await
-                    .unwrap_or(0.0)
-                    >= 1.0)
-            })
-            .await
-            .with_context(|| self.log())?;
+            wait_for_peer(self.metrics)
+                .await
+                .with_context(|| self.log())?;
         }
         Ok(())
     }

@@ -318,7 +318,9 @@ pub struct Member {
     /// `None` once the node is lost.
     pub node: Option<ContainerdNode>,
     pub agent: Option<Box<dyn RunningAgent>>,
-    /// Logs kept after the node is gone: its containerd log, then its agent's.
+    /// Logs kept past the processes that wrote them, by file name: the
+    /// agent's once stopped or killed, a cleanup pod's, containerd's once
+    /// the node is lost.
     pub saved_logs: Vec<(String, Vec<u8>)>,
 }
 
@@ -347,6 +349,11 @@ impl Member {
         self.agent
             .as_deref_mut()
             .with_context(|| format!("node {name} runs no agent"))
+    }
+
+    /// The containerd config of this member of `cluster`, named after both.
+    pub fn node_config(&self, cluster: &str) -> NodeConfig {
+        NodeConfig::new(format!("{cluster}-{}", self.spec.name))
     }
 
     /// Starts containerd for this member.
@@ -405,8 +412,10 @@ impl Member {
 
     /// SIGKILLs the agent and stops containerd: the node is gone.
     pub async fn lose(&mut self) -> Result<()> {
+        let mut killed = Ok(());
         if let Some(agent) = self.agent.take() {
-            let log = agent.kill().await?;
+            let log;
+            (log, killed) = agent.kill().await;
             self.keep_log("reflektor.log", log);
         }
         if let Some(node) = self.node.take() {
@@ -414,9 +423,10 @@ impl Member {
                 "containerd.log".to_owned(),
                 fs::read(node.log_file()).unwrap_or_default(),
             ));
-            node.stop().await?;
+            let stopped = node.stop().await;
+            killed = killed.and(stopped);
         }
-        Ok(())
+        killed
     }
 
     /// Stops the agent as kubelet does (SIGTERM, then the grace period),

@@ -70,10 +70,6 @@ impl ClusterDns {
         }
         Ok(())
     }
-
-    pub fn server(&self) -> Ipv4Addr {
-        ADDRESS
-    }
 }
 
 impl Drop for ClusterDns {

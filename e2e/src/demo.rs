@@ -14,7 +14,6 @@ use crate::cluster::{
 };
 use crate::image::Platform;
 use crate::matrix::{progress, verdict_name};
-use crate::node::NodeConfig;
 use crate::scenario::{self, Catalogue};
 use crate::upstream::{PushedImage, Upstream};
 
@@ -65,8 +64,8 @@ pub async fn run(reflektor: &Reflektor) -> Result<()> {
     let mut members = cluster::members(&spec, builds)?;
     let mut lines = Vec::new();
     for member in &mut members {
-        let name = format!("demo-{}", member.spec.name);
-        member.start_node(NodeConfig::new(name)).await?;
+        let config = member.node_config("demo");
+        member.start_node(config).await?;
         upstream.configure_node(member.node()?)?;
         let node = member.node()?;
         let verdict = reflektor.doctor(node, node.certs_dir())?.report.verdict;

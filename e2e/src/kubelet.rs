@@ -8,8 +8,9 @@
 //! - the readiness probe sets Ready, which turns false only after
 //!   `failureThreshold` failures in a row;
 //! - exhausting the liveness probe's failures restarts the container;
-//! - a container that exits is restarted per the pod's `restartPolicy`,
-//!   with kubelet's back-off (10 s, doubling, at most 5 min).
+//! - a container that exits is restarted per the pod's `restartPolicy`:
+//!   at once the first time, then with kubelet's back-off (10 s, doubling,
+//!   at most 5 min).
 //!
 //! What it does not do: admission, eviction, resource accounting,
 //! `successThreshold` other than 1, exec or TCP probes (the translation in
@@ -19,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use k8s_cri::v1::ContainerConfig;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -28,7 +29,7 @@ use crate::http;
 use crate::pod::{Pods, Sandbox};
 use crate::pod_template::{ContainerPlan, HttpProbe, PodPlan, Restart};
 
-/// kubelet's crash-loop back-off: the first restart waits this long, each
+/// kubelet's crash-loop back-off: the second restart waits this long, each
 /// further one twice as long, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -135,17 +136,37 @@ impl KubeletPod {
     pub async fn wait_ready(&mut self, within: Duration) -> Result<Duration> {
         let waited = tokio::time::timeout(within, self.status.wait_for(|s| s.ready))
             .await
-            .is_ok_and(|ready| ready.is_ok());
+            .map(|ready| ready.is_ok());
         let status = self.status();
         match (waited, status.first_ready) {
-            (true, Some(first)) => Ok(first),
-            (true, None) => bail!("pod {} is Ready but never recorded when", self.name),
-            _ => bail!(
+            (Ok(true), Some(first)) => Ok(first),
+            (Ok(_), _) => bail!(
+                "pod {}: the kubelet double stopped watching it; its events: {}",
+                self.name,
+                status.events.join("; ")
+            ),
+            (Err(_), _) => bail!(
                 "pod {} was not Ready within {within:?}; kubelet's events: {}",
                 self.name,
                 status.events.join("; ")
             ),
         }
+    }
+
+    /// An error naming them if any container has exited or been restarted
+    /// since the pod started: a crash that kubelet's restart hid.
+    pub fn ensure_never_restarted(&self) -> Result<()> {
+        let status = self.status();
+        ensure!(
+            status.exits == 0 && status.restarts == 0,
+            "pod {}: its containers exited {} time(s) and were restarted {} time(s); kubelet's \
+             events: {}",
+            self.name,
+            status.exits,
+            status.restarts,
+            status.events.join("; ")
+        );
+        Ok(())
     }
 
     /// Every container's log, every attempt, without CRI's `<time> <stream>
@@ -176,40 +197,63 @@ impl KubeletPod {
 
     /// Deletes the pod as kubelet does on `kubectl delete`: the loop stops,
     /// each container gets SIGTERM and the grace period, then the sandbox
-    /// goes. Returns each container's exit code.
-    pub async fn delete(&mut self) -> Result<Vec<i32>> {
-        self.stop_watching().await;
+    /// goes, whatever failed before. Every container must exit 0.
+    pub async fn delete(&mut self) -> Result<()> {
+        self.end(self.grace).await
+    }
+
+    /// The node dies under the pod: each container is SIGKILLed, then the
+    /// sandbox is removed so that nothing of it outlives the node.
+    pub async fn kill(&mut self) -> Result<()> {
+        self.end(Duration::ZERO).await.map(|_| ())
+    }
+
+    /// Stops every container with `grace`, then removes the sandbox, each
+    /// step tried whatever failed before; the first error is returned. With
+    /// a grace period, a non-zero exit is an error too.
+    async fn end(&mut self, grace: Duration) -> Result<()> {
+        let watched = self.stop_watching().await;
         let ids = self.ids.borrow().clone();
+        let mut first_error = watched.err();
         let mut codes = Vec::new();
-        for id in &ids {
-            self.pods.stop_container(id, self.grace).await?;
-            codes.push(
+        for id in ids.iter().filter(|id| !id.is_empty()) {
+            let stopped = async {
+                self.pods.stop_container(id, grace).await?;
                 self.pods
                     .exit_code(id)
                     .await?
-                    .with_context(|| format!("container {id} still runs after StopContainer"))?,
-            );
+                    .with_context(|| format!("container {id} still runs after StopContainer"))
+            };
+            match stopped.await {
+                Ok(code) => codes.push(code),
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
         }
-        self.pods.remove(self.sandbox.clone()).await?;
-        Ok(codes)
+        if let Err(error) = self.pods.remove(self.sandbox.clone()).await {
+            first_error.get_or_insert(error);
+        }
+        if let Some(error) = first_error {
+            return Err(error);
+        }
+        ensure!(
+            grace.is_zero() || codes.iter().all(|&code| code == 0),
+            "pod {}: its containers exited {codes:?} on SIGTERM; expected 0",
+            self.name
+        );
+        Ok(())
     }
 
-    /// The node dies under the pod: every container is SIGKILLed at once,
-    /// then the sandbox is removed so that nothing of it outlives the node.
-    pub async fn kill(&mut self) -> Result<()> {
-        self.stop_watching().await;
-        let ids = self.ids.borrow().clone();
-        for id in &ids {
-            self.pods.stop_container(id, Duration::ZERO).await?;
-        }
-        self.pods.remove(self.sandbox.clone()).await
-    }
-
-    async fn stop_watching(&mut self) {
+    /// Stops the watch loop; a panic in it is an error, not a quiet end.
+    async fn stop_watching(&mut self) -> Result<()> {
         self.cancel.cancel();
         if let Some(watcher) = self.watcher.take() {
-            let _ = watcher.await;
+            watcher
+                .await
+                .with_context(|| format!("pod {}: the kubelet double's loop failed", self.name))?;
         }
+        Ok(())
     }
 }
 
@@ -291,9 +335,11 @@ struct Watched {
     startup: Option<ProbeState>,
     readiness: Option<ProbeState>,
     liveness: Option<ProbeState>,
-    /// When an exited container may be restarted, and the wait after that.
+    /// When an exited container may be restarted.
     restart_at: Option<Instant>,
-    backoff: Duration,
+    /// The wait before the next restart; `None` before the first, which
+    /// is immediate.
+    backoff: Option<Duration>,
     /// Exited for good (restart policy), with this code.
     terminated: Option<i32>,
 }
@@ -309,7 +355,7 @@ impl Watched {
             readiness: None,
             liveness: None,
             restart_at: None,
-            backoff: FIRST_BACKOFF,
+            backoff: None,
             terminated: None,
             plan,
         };
@@ -408,6 +454,13 @@ impl Watch {
         if c.terminated.is_some() {
             return Ok(Step::Running);
         }
+        if c.id.is_empty() {
+            // The last attempt was removed and its successor failed to start.
+            let config = attempt(&c.plan.config, c.attempt);
+            c.id = pods.start(sandbox, config).await?;
+            c.reset_probes();
+            return Ok(Step::Restarted);
+        }
         if let Some(code) = pods.exit_code(&c.id).await? {
             c.ready = false;
             let again = match restart {
@@ -424,22 +477,29 @@ impl Watch {
                 return Ok(Step::Exited);
             }
             let Some(at) = c.restart_at else {
+                // kubelet restarts a container at once the first time, then
+                // backs off: 10 s, 20 s, … up to 5 min.
+                let wait = c.backoff.unwrap_or(Duration::ZERO);
+                c.backoff = Some(match c.backoff {
+                    None => FIRST_BACKOFF,
+                    Some(previous) => (previous * 2).min(MAX_BACKOFF),
+                });
                 events.push(format!(
-                    "{} exited {code}; restarting in {:?}",
-                    c.name(),
-                    c.backoff
+                    "{} exited {code}; restarting in {wait:?}",
+                    c.name()
                 ));
-                c.restart_at = Some(Instant::now() + c.backoff);
+                c.restart_at = Some(Instant::now() + wait);
                 return Ok(Step::Exited);
             };
             if Instant::now() < at {
                 return Ok(Step::Running);
             }
-            c.backoff = (c.backoff * 2).min(MAX_BACKOFF);
             c.restart_at = None;
             c.attempt += 1;
-            let config = attempt(&c.plan.config, c.attempt);
             pods.remove_container(&c.id).await?;
+            // Empty until the next attempt runs: a failed start is retried.
+            c.id = String::new();
+            let config = attempt(&c.plan.config, c.attempt);
             c.id = pods.start(sandbox, config).await?;
             c.reset_probes();
             return Ok(Step::Restarted);
@@ -500,7 +560,7 @@ fn attempt(config: &ContainerConfig, attempt: u32) -> ContainerConfig {
     if let Some(metadata) = config.metadata.as_mut() {
         metadata.attempt = attempt;
     }
-    config.log_path = format!("{name}/{attempt}.log");
+    config.log_path = crate::pod_template::log_path(&name, attempt);
     config
 }
 

@@ -59,9 +59,9 @@ enum Command {
         /// users install it.
         #[arg(long, value_enum, default_value_t = Deploy::Process)]
         deploy: Deploy,
-        /// The agent's image for `--deploy pod`.
-        #[arg(long, value_name = "FILE", default_value_os_t = workspace_path("target/image/reflektor.oci.tar"))]
-        image: PathBuf,
+        /// The agent's image for `--deploy pod` [default: target/image/reflektor.oci.tar].
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
     },
     /// A three-node cluster (Debian bookworm, trixie, sid): one node pulls from the
     /// upstream, the upstream goes offline, the other two pull through their peers.
@@ -177,9 +177,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             // The sandbox image is built here; it lives as long as the run.
             let scratch = tempfile::tempdir()?;
-            let images = match deploy {
-                Deploy::Process => None,
-                Deploy::Pod => Some(pod_images(image, scratch.path())?),
+            let images = match (deploy, image) {
+                (Deploy::Process, None) => None,
+                (Deploy::Process, Some(image)) => bail!(
+                    "--image {} is for --deploy pod; with --deploy process the agent runs \
+                     from the binary `cargo build -p reflektor` makes",
+                    image.display()
+                ),
+                (Deploy::Pod, image) => Some(pod_images(
+                    image.unwrap_or_else(|| workspace_path("target/image/reflektor.oci.tar")),
+                    scratch.path(),
+                )?),
             };
             let options = matrix::Options {
                 clusters: specs,

@@ -250,9 +250,36 @@ impl Pods {
             "pod {name}: only host-network pods are run here"
         );
         let sandbox = self.run_sandbox(name, plan.dns.as_ref()).await?;
+        match self.start_containers(name, &sandbox, plan, patience).await {
+            Ok(containers) => Ok(Pod {
+                sandbox,
+                containers,
+            }),
+            Err(error) => {
+                // kubelet would retry; the harness reports, and leaves no
+                // half-started pod behind.
+                if let Err(removing) = self.remove(sandbox).await {
+                    return Err(
+                        error.context(format!("and removing the sandbox failed: {removing:#}"))
+                    );
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Each init container run to a clean exit, then the containers
+    /// started: their ids and logs.
+    async fn start_containers(
+        &self,
+        name: &str,
+        sandbox: &Sandbox,
+        plan: &PodPlan,
+        patience: Duration,
+    ) -> Result<Vec<(String, PathBuf)>> {
         for init in &plan.init_containers {
             let (code, log) = self
-                .complete(&sandbox, init.config.clone(), patience)
+                .complete(sandbox, init.config.clone(), patience)
                 .await?;
             ensure!(
                 code == 0,
@@ -262,13 +289,10 @@ impl Pods {
         }
         let mut containers = Vec::new();
         for container in &plan.containers {
-            let id = self.start(&sandbox, container.config.clone()).await?;
+            let id = self.start(sandbox, container.config.clone()).await?;
             containers.push((id, sandbox.log(&container.config)));
         }
-        Ok(Pod {
-            sandbox,
-            containers,
-        })
+        Ok(containers)
     }
 
     /// `StopPodSandbox` then `RemovePodSandbox`, as kubelet ends a pod.

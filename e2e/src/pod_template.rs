@@ -116,6 +116,12 @@ const PROBE_FIELDS: [&str; 4] = [
     "failureThreshold",
     "timeoutSeconds",
 ];
+const PORT_FIELDS: [&str; 3] = ["name", "containerPort", "protocol"];
+const HTTP_GET_FIELDS: [&str; 2] = ["path", "port"];
+const RESOURCE_FIELDS: [&str; 2] = ["requests", "limits"];
+/// What CRI can enforce; a request for anything else has no effect on the
+/// node, so a template asking for it is refused rather than ignored.
+const RESOURCE_NAMES: [&str; 2] = ["cpu", "memory"];
 const SECURITY_FIELDS: [&str; 4] = [
     "readOnlyRootFilesystem",
     "allowPrivilegeEscalation",
@@ -136,6 +142,22 @@ fn only(value: &Value, known: &[&str], what: &str) -> Result<()> {
          e2e/src/pod_template.rs, or leave them out of the template"
     );
     Ok(())
+}
+
+/// kubelet's name for attempt `attempt` of a container's log, under the
+/// pod's log directory.
+pub fn log_path(container: &str, attempt: u32) -> String {
+    format!("{container}/{attempt}.log")
+}
+
+/// A count of seconds from the template, for a field `what` names.
+fn seconds(value: Option<i64>, default: u64, what: &str) -> Result<Duration> {
+    let Some(value) = value else {
+        return Ok(Duration::from_secs(default));
+    };
+    let secs = u64::try_from(value)
+        .with_context(|| format!("{what} is {value}; expected 0 or more seconds"))?;
+    Ok(Duration::from_secs(secs))
 }
 
 pub fn plan(spec: &PodSpec, downward: &Downward) -> Result<PodPlan> {
@@ -182,9 +204,11 @@ pub fn plan(spec: &PodSpec, downward: &Downward) -> Result<PodPlan> {
         host_network,
         dns: dns(spec.dns_policy.as_deref(), host_network, downward)?,
         restart,
-        grace: Duration::from_secs(u64::try_from(
-            spec.termination_grace_period_seconds.unwrap_or(30),
-        )?),
+        grace: seconds(
+            spec.termination_grace_period_seconds,
+            30,
+            "terminationGracePeriodSeconds",
+        )?,
         init_containers: plan_all(spec.init_containers.as_deref().unwrap_or_default())?,
         containers: plan_all(&spec.containers)?,
         required_dirs,
@@ -268,12 +292,29 @@ fn container(
             ..Default::default()
         });
     }
-    let ports: BTreeMap<String, u16> = c
-        .ports
-        .iter()
-        .flatten()
-        .filter_map(|p| Some((p.name.clone()?, u16::try_from(p.container_port).ok()?)))
-        .collect();
+    let mut ports = BTreeMap::new();
+    for port in c.ports.iter().flatten() {
+        only(
+            &serde_json::to_value(port)?,
+            &PORT_FIELDS,
+            &format!("{what}'s ports"),
+        )?;
+        ensure!(
+            port.protocol.as_deref().unwrap_or("TCP") == "TCP",
+            "{what}: port {:?} is {:?}; only TCP ports are probed",
+            port.name,
+            port.protocol
+        );
+        let number = u16::try_from(port.container_port).with_context(|| {
+            format!(
+                "{what}: containerPort {} is not a port",
+                port.container_port
+            )
+        })?;
+        if let Some(name) = &port.name {
+            ports.insert(name.clone(), number);
+        }
+    }
     let probe = |probe: &Option<Probe>, kind: &str| -> Result<Option<HttpProbe>> {
         let Some(probe) = probe else { return Ok(None) };
         only(
@@ -285,6 +326,11 @@ fn container(
             .http_get
             .as_ref()
             .with_context(|| format!("{what}'s {kind} probe is not httpGet"))?;
+        only(
+            &serde_json::to_value(http)?,
+            &HTTP_GET_FIELDS,
+            &format!("{what}'s {kind} probe's httpGet"),
+        )?;
         let port = match &http.port {
             k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => u16::try_from(*n)?,
             k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name) => *ports
@@ -294,8 +340,16 @@ fn container(
         Ok(Some(HttpProbe {
             path: http.path.clone().unwrap_or_else(|| "/".to_owned()),
             port,
-            period: Duration::from_secs(u64::try_from(probe.period_seconds.unwrap_or(10))?),
-            timeout: Duration::from_secs(u64::try_from(probe.timeout_seconds.unwrap_or(1))?),
+            period: seconds(
+                probe.period_seconds.map(i64::from),
+                10,
+                &format!("{what}'s {kind} periodSeconds"),
+            )?,
+            timeout: seconds(
+                probe.timeout_seconds.map(i64::from),
+                1,
+                &format!("{what}'s {kind} timeoutSeconds"),
+            )?,
             failure_threshold: u32::try_from(probe.failure_threshold.unwrap_or(3))?,
         }))
     };
@@ -320,13 +374,40 @@ fn container(
         }
         None => LinuxContainerSecurityContext::default(),
     };
-    let memory_limit = c
-        .resources
-        .as_ref()
-        .and_then(|r| r.limits.as_ref()?.get("memory"))
-        .map(|q| bytes(&q.0))
-        .transpose()?
-        .unwrap_or(0);
+    let mut memory_limit = 0;
+    let mut cpu_shares = 0;
+    if let Some(resources) = &c.resources {
+        only(
+            &serde_json::to_value(resources)?,
+            &RESOURCE_FIELDS,
+            &format!("{what}'s resources"),
+        )?;
+        for (kind, amounts) in [
+            ("requests", &resources.requests),
+            ("limits", &resources.limits),
+        ] {
+            for name in amounts.iter().flat_map(|a| a.keys()) {
+                ensure!(
+                    RESOURCE_NAMES.contains(&name.as_str()),
+                    "{what}'s resources.{kind} names {name}; only cpu and memory reach CRI"
+                );
+            }
+        }
+        if let Some(limit) = resources.limits.as_ref().and_then(|l| l.get("memory")) {
+            memory_limit = bytes(&limit.0)?;
+        }
+        // kubelet's cgroup v1 conversion: 1024 shares per CPU, 2 at least.
+        if let Some(request) = resources.requests.as_ref().and_then(|r| r.get("cpu")) {
+            cpu_shares = (millicpu(&request.0)? * 1024 / 1000).max(2);
+        }
+        ensure!(
+            resources
+                .limits
+                .as_ref()
+                .is_none_or(|l| !l.contains_key("cpu")),
+            "{what} sets a CPU limit, which the harness does not translate (CFS quota)"
+        );
+    }
     let config = ContainerConfig {
         metadata: Some(ContainerMetadata {
             name: c.name.clone(),
@@ -342,11 +423,11 @@ fn container(
             .map(|(key, value)| KeyValue { key, value })
             .collect(),
         mounts,
-        // kubelet's layout: one file per attempt, in a directory per container.
-        log_path: format!("{}/0.log", c.name),
+        log_path: log_path(&c.name, 0),
         linux: Some(LinuxContainerConfig {
             resources: Some(LinuxContainerResources {
                 memory_limit_in_bytes: memory_limit,
+                cpu_shares,
                 ..Default::default()
             }),
             security_context: Some(security),
@@ -386,6 +467,18 @@ fn expand(arg: &str, env: &BTreeMap<String, String>) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// A CPU quantity in thousandths of a CPU: `10m`, `0.5`, `2`.
+fn millicpu(quantity: &str) -> Result<i64> {
+    let parsed = match quantity.strip_suffix('m') {
+        Some(milli) => milli.parse::<i64>().ok(),
+        None => quantity
+            .parse::<f64>()
+            .ok()
+            .map(|cpus| (cpus * 1000.0).round() as i64),
+    };
+    parsed.with_context(|| format!("CPU quantity {quantity:?}: expected e.g. 10m, 0.5 or 2"))
 }
 
 /// A memory quantity in bytes: `256Mi`, `1Gi`, `128M`, `1000`.
@@ -510,6 +603,17 @@ mod tests {
             Some(vec!["127.0.53.53".to_owned()]),
             "ClusterFirstWithHostNet resolves through cluster DNS"
         );
+        let resources = registry
+            .config
+            .linux
+            .as_ref()
+            .and_then(|l| l.resources.as_ref())
+            .unwrap();
+        assert_eq!(resources.memory_limit_in_bytes, 256 << 20);
+        assert_eq!(
+            resources.cpu_shares, 10,
+            "10m of CPU, as kubelet converts it"
+        );
         assert_eq!(plan.restart, Restart::Always);
         assert_eq!(plan.grace, Duration::from_secs(30));
         assert!(
@@ -540,6 +644,13 @@ mod tests {
         let error = plan(&pod, &downward()).unwrap_err().to_string();
         assert!(error.contains("command"), "{error}");
 
+        let mut pod = generated_pod();
+        if let Some(port) = pod.containers[0].ports.as_mut().and_then(|p| p.first_mut()) {
+            port.host_port = Some(5000);
+        }
+        let error = plan(&pod, &downward()).unwrap_err().to_string();
+        assert!(error.contains("hostPort"), "{error}");
+
         let without_dns = Downward {
             cluster_dns: None,
             ..downward()
@@ -561,5 +672,8 @@ mod tests {
         assert_eq!(expand("$$(NODE_IP)", &env), "$(NODE_IP)");
         assert_eq!(expand("cost: $5", &env), "cost: $5");
         assert_eq!(bytes("256Mi").unwrap(), 256 << 20);
+        assert_eq!(millicpu("10m").unwrap(), 10);
+        assert_eq!(millicpu("0.5").unwrap(), 500);
+        assert!(millicpu("lots").is_err());
     }
 }

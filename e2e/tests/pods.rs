@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use k8s_cri::v1::Mount;
-use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::api::core::v1::{Container, HTTPGetAction, PodSpec, Probe};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use reflektor::manifests::{self, ContainerdPaths, Object, Options, Ports};
 use reflektor_e2e::agent::Reflektor;
 use reflektor_e2e::agent_image::{self, ImageSpec};
@@ -331,12 +332,13 @@ async fn bookworm_runs_the_generated_daemonset_pod_until_ready() -> Result<()> {
     removed
 }
 
-/// The kubelet test double restarts a container that exits, as kubelet
-/// does under `restartPolicy: Always` (after its 10 s back-off), and leaves
-/// it down under `Never`.
+/// The kubelet test double restarts a container as kubelet does: one
+/// that exits under `restartPolicy: Always` at once, then after a 10 s
+/// back-off; one that fails its liveness probe is killed and restarted; and
+/// under `Never`, one that exits stays down.
 #[tokio::test]
-async fn a_container_that_exits_is_restarted_per_the_restart_policy() -> Result<()> {
-    if !support::root_or_skip("a_container_that_exits_is_restarted_per_the_restart_policy") {
+async fn containers_restart_per_the_restart_policy_and_the_liveness_probe() -> Result<()> {
+    if !support::root_or_skip("containers_restart_per_the_restart_policy_and_the_liveness_probe") {
         return Ok(());
     }
     let images = images().await?;
@@ -350,79 +352,116 @@ async fn a_container_that_exits_is_restarted_per_the_restart_policy() -> Result<
         namespace: "reflektor".to_owned(),
         cluster_dns: None,
     };
-    // `check-version` prints its verdict and exits at once.
-    let exits = |policy: &str| PodSpec {
+    let pod = |policy: &str, container: Container| PodSpec {
         host_network: Some(true),
         dns_policy: Some("Default".to_owned()),
         automount_service_account_token: Some(false),
         restart_policy: Some(policy.to_owned()),
-        containers: vec![Container {
-            name: "exits".to_owned(),
-            image: Some(images.agent.clone()),
-            args: Some(vec!["check-version".to_owned(), "not a version".to_owned()]),
-            ..Container::default()
-        }],
+        containers: vec![container],
         ..PodSpec::default()
     };
+    // `check-version` prints its verdict and exits at once.
+    let exits = Container {
+        name: "exits".to_owned(),
+        image: Some(images.agent.clone()),
+        args: Some(vec!["check-version".to_owned(), "not a version".to_owned()]),
+        ..Container::default()
+    };
+    // The sandbox program runs until stopped; nothing answers its probes.
+    let silent = http::free_port(loopback)?.port();
+    let probe = |failures| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some("/livez".to_owned()),
+            port: IntOrString::Int(i32::from(silent)),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(1),
+        failure_threshold: Some(failures),
+        ..Probe::default()
+    };
+    let unhealthy = Container {
+        name: "unhealthy".to_owned(),
+        image: Some(images.pause.clone()),
+        liveness_probe: Some(probe(2)),
+        readiness_probe: Some(probe(1)),
+        ..Container::default()
+    };
     let patience = Duration::from_secs(60);
-    let mut always = KubeletPod::start(
-        &pods,
-        "always",
-        &pod_template::plan(&exits("Always"), &downward)?,
-        loopback,
-        patience,
-    )
-    .await?;
-    let mut never = KubeletPod::start(
-        &pods,
-        "never",
-        &pod_template::plan(&exits("Never"), &downward)?,
-        loopback,
-        patience,
-    )
-    .await?;
-    let checks = async {
-        let restarted = tokio::time::timeout(Duration::from_secs(30), async {
-            while always.status().restarts < 1 {
+    let mut started = Vec::new();
+    for (name, spec) in [
+        ("always", pod("Always", exits.clone())),
+        ("never", pod("Never", exits)),
+        ("unhealthy", pod("Always", unhealthy)),
+    ] {
+        let plan = pod_template::plan(&spec, &downward)?;
+        started.push(KubeletPod::start(&pods, name, &plan, loopback, patience).await?);
+    }
+    let [always, never, unhealthy] = &started[..] else {
+        unreachable!("three pods were started");
+    };
+    let until = async |pod: &KubeletPod, restarts: u32| {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while pod.status().restarts < restarts {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
-        .await;
+        .await
+        .is_ok()
+    };
+    let checks = async {
+        let twice = until(always, 2).await;
         let status = always.status();
         ensure!(
-            restarted.is_ok() && status.exits >= 1,
-            "under Always, the container was not restarted within 30 s: {status:?}"
+            twice,
+            "under Always, the container was not restarted twice within 30 s: {status:?}"
         );
+        let waits: Vec<&String> = status
+            .events
+            .iter()
+            .filter(|e| e.contains("restarting in"))
+            .collect();
         ensure!(
-            status
-                .events
-                .iter()
-                .any(|e| e.contains("restarting in 10s")),
-            "no back-off in the events: {status:?}"
+            waits
+                .first()
+                .is_some_and(|e| e.ends_with("restarting in 0ns"))
+                && waits
+                    .get(1)
+                    .is_some_and(|e| e.ends_with("restarting in 10s")),
+            "expected a restart at once, then after 10 s: {waits:?}"
         );
+        ensure!(!status.ready, "a container that keeps exiting is not Ready");
+        let log = always.log();
         ensure!(
-            !status.ready,
-            "a container that keeps exiting is not Ready: {status:?}"
+            log.matches("\"input\": \"not a version\"").count() >= 2,
+            "the log of every attempt is kept:\n{log}"
         );
         let status = never.status();
         ensure!(
             status.exits == 1 && status.restarts == 0,
             "under Never, the container must stay down: {status:?}"
         );
-        let log = always.log();
+        let killed = until(unhealthy, 1).await;
+        let status = unhealthy.status();
         ensure!(
-            log.matches("\"input\": \"not a version\"").count() >= 2,
-            "the log of every attempt is kept:\n{log}"
+            killed
+                && status
+                    .events
+                    .iter()
+                    .any(|e| e.contains("failed its liveness probe")),
+            "a container failing its liveness probe was not restarted: {status:?}"
         );
+        ensure!(!status.ready, "a container failing readiness is not Ready");
         Ok(())
     }
     .await;
-    // Removed whatever happened: a pod's shim outlives its containerd.
-    let removed = (always.delete().await, never.delete().await);
+    // Removed whatever happened (a pod's shim outlives its containerd), at
+    // once: a container mid-restart would not exit 0 on SIGTERM.
+    let mut removed = Ok(());
+    for mut pod in started {
+        removed = removed.and(pod.kill().await);
+    }
     checks?;
-    removed.0?;
-    removed.1?;
-    Ok(())
+    removed
 }
 
 /// A node stopped while its pod still runs (a failed or interrupted run)
@@ -445,14 +484,8 @@ async fn a_node_stopped_under_a_running_pod_leaves_no_process_behind() -> Result
         "no shim of {} runs: the test would prove nothing",
         dir.display()
     );
-    drop(sandbox);
+    let _left_running = sandbox;
     node.stop().await?;
-    let left = processes_naming(&dir, "");
-    ensure!(
-        left.is_empty(),
-        "processes naming {} outlived the node: {left:?}",
-        dir.display()
-    );
     // Killed, they linger as zombies until init reaps them.
     let running = |pid: &u32| {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
@@ -467,6 +500,12 @@ async fn a_node_stopped_under_a_running_pod_leaves_no_process_behind() -> Result
     })
     .await;
     ensure!(gone.is_ok(), "the shims {shims:?} still run");
+    let left = processes_naming(&dir, "");
+    ensure!(
+        left.iter().all(|pid| !running(pid)),
+        "processes naming {} outlived the node: {left:?}",
+        dir.display()
+    );
     Ok(())
 }
 

@@ -74,12 +74,7 @@ fn options(args: &ManifestsArgs) -> anyhow::Result<Options> {
         metrics: args.metrics_port,
         cleanup: args.cleanup_port,
     };
-    let all = [ports.registry, ports.router, ports.metrics, ports.cleanup];
-    ensure!(
-        all.iter().collect::<std::collections::BTreeSet<_>>().len() == all.len(),
-        "--registry-port, --router-port, --metrics-port and --cleanup-port must differ: the \
-         agent and its cleanup pod share each node's network"
-    );
+    check_ports(&ports)?;
     for (flag, value) in [
         ("--cpu-request", &args.cpu_request),
         ("--memory-request", &args.memory_request),
@@ -213,6 +208,26 @@ fn node_selector(specs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
         .collect()
 }
 
+/// The agent and its cleanup pod share each node's network: their ports
+/// must differ.
+fn check_ports(ports: &Ports) -> anyhow::Result<()> {
+    let named = [
+        ("--registry-port", ports.registry),
+        ("--router-port", ports.router),
+        ("--metrics-port", ports.metrics),
+        ("--cleanup-port", ports.cleanup),
+    ];
+    for (i, (flag, port)) in named.iter().enumerate() {
+        if let Some((other, _)) = named[i + 1..].iter().find(|(_, p)| p == port) {
+            bail!(
+                "{flag} and {other} are both {port}; they must differ, since the agent and its \
+                 cleanup pod share each node's network"
+            );
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,6 +249,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("NoSchedule"), "{error}");
+    }
+
+    #[test]
+    fn ports_that_collide_are_named() {
+        let ports = Ports {
+            registry: 5000,
+            router: 5001,
+            metrics: 9090,
+            cleanup: 5001,
+        };
+        let error = check_ports(&ports).unwrap_err().to_string();
+        assert!(
+            error.contains("--router-port and --cleanup-port are both 5001"),
+            "{error}"
+        );
+        check_ports(&Ports {
+            cleanup: 8080,
+            ..ports
+        })
+        .unwrap();
     }
 
     #[test]

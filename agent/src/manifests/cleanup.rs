@@ -66,8 +66,8 @@ fn daemonset(options: &Options) -> DaemonSet {
         options,
         "cleanup",
         PodSpec {
-            // As the agent: no CNI needed, which an uninstall may be
-            // removing too.
+            // As the agent: no pod IP needed, so a node whose CNI is broken
+            // is still cleaned.
             host_network: Some(true),
             containers: vec![container],
             volumes: Some(vec![dir.volume()]),

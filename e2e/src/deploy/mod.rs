@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, ensure};
 use async_trait::async_trait;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::agent::{Agent, Reflektor};
 use crate::cluster::{self, Member};
@@ -18,7 +18,7 @@ use crate::node::NodeConfig;
 use crate::upstream::Upstream;
 
 /// The two ways, as `--deploy` names them and the report records them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Deploy {
     /// `reflektor registry` as a process on the host, with the node's paths.
@@ -56,8 +56,8 @@ pub trait RunningAgent: Send + Sync {
     /// Ready as a check means it: `/readyz` answers 200 and it has a peer.
     async fn wait_until_ready(&mut self) -> Result<()>;
 
-    /// SIGKILL, as when its node dies. Returns its log.
-    async fn kill(self: Box<Self>) -> Result<String>;
+    /// SIGKILL, as when its node dies. The log comes back either way.
+    async fn kill(self: Box<Self>) -> (String, Result<()>);
 
     /// Stopped as kubelet stops it (SIGTERM, then the grace period); an
     /// unclean exit is an error. The log comes back either way.
@@ -105,9 +105,9 @@ impl RunningAgent for Agent {
         Agent::wait_until_ready(self).await
     }
 
-    async fn kill(mut self: Box<Self>) -> Result<String> {
-        Agent::kill(&mut self)?;
-        Ok(Agent::log(&self))
+    async fn kill(mut self: Box<Self>) -> (String, Result<()>) {
+        let killed = Agent::kill(&mut self).map(|_| ());
+        (Agent::log(&self), killed)
     }
 
     async fn stop(mut self: Box<Self>) -> (String, Result<()>) {
@@ -134,15 +134,9 @@ pub trait NodeRunner: Send + Sync {
         member: &Member,
     ) -> Result<(NodeConfig, Vec<String>)>;
 
-    /// Starts the agent on each of `roles`, with the node's containerd
-    /// pointed at it for `upstream`'s images, and waits until every one is
+    /// Starts the agent on each of `roles` and waits until every one is
     /// ready and has a peer.
-    async fn start(
-        &self,
-        members: &mut [Member],
-        roles: &[usize],
-        upstream: &Upstream,
-    ) -> Result<()>;
+    async fn start(&self, members: &mut [Member], roles: &[usize]) -> Result<()>;
 
     /// The digests each node holds once its agent runs, before it pulls
     /// anything: what the deployment itself brought (the pod's images).
@@ -178,18 +172,10 @@ impl NodeRunner for ProcessRunner {
         cluster: &str,
         member: &Member,
     ) -> Result<(NodeConfig, Vec<String>)> {
-        Ok((
-            NodeConfig::new(format!("{cluster}-{}", member.spec.name)),
-            Vec::new(),
-        ))
+        Ok((member.node_config(cluster), Vec::new()))
     }
 
-    async fn start(
-        &self,
-        members: &mut [Member],
-        roles: &[usize],
-        _upstream: &Upstream,
-    ) -> Result<()> {
+    async fn start(&self, members: &mut [Member], roles: &[usize]) -> Result<()> {
         cluster::start_agents(members, roles, &self.reflektor, &self.data_dir).await
     }
 

@@ -566,8 +566,7 @@ impl Run<'_> {
     async fn start_agents(&mut self, roles: &[usize]) -> Result<()> {
         let started = Instant::now();
         let runner = self.runner_ref()?;
-        let upstream = self.upstream.as_ref().context("the upstream is running")?;
-        runner.start(&mut self.members, roles, upstream).await?;
+        runner.start(&mut self.members, roles).await?;
         for &i in roles {
             let agent = self.members[i].agent()?;
             self.held[i] = runner.digests_held_at_start() as f64;
