@@ -20,6 +20,16 @@ e2e *args: build
 e2e-pod *args: image
     just e2e --deploy pod {{args}}
 
+# The acceptance suite against a real cluster: KUBECONFIG's, or `--kubeconfig FILE`, with
+# `--image` as its nodes can pull it. Exits 3 when no cluster is reachable.
+e2e-kube *args: build
+    cargo run -q -p reflektor-e2e -- kube {{args}}
+
+# A kind cluster with the agent's image loaded, the acceptance suite against it, the cluster
+# deleted. Needs docker and kind; exits 3 without them.
+e2e-kind *args: image
+    bash e2e/kind/run.sh {{args}}
+
 # Three nodes (bookworm, trixie, sid) and an upstream: pulls through peers with the upstream offline.
 demo: build
     cargo run -q -p reflektor-e2e -- demo

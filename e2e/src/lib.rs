@@ -1,6 +1,7 @@
 //! The reflektor harness: real containerd builds from distribution packages,
 //! run as isolated nodes, and the real agent binary run against them.
 
+pub mod acceptance;
 pub mod agent;
 pub mod agent_image;
 pub mod cluster;

@@ -9,8 +9,8 @@ use reflektor_e2e::agent::Reflektor;
 use reflektor_e2e::cluster::{self, ClusterSpec};
 use reflektor_e2e::deploy::Deploy;
 use reflektor_e2e::deploy::pod::PodImages;
-use reflektor_e2e::report::Column;
-use reflektor_e2e::{agent_image, demo, matrix, packages};
+use reflektor_e2e::report::{Check, Column};
+use reflektor_e2e::{acceptance, agent_image, demo, matrix, packages};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -79,6 +79,36 @@ enum Command {
         #[arg(long, default_value = concat!("ghcr.io/reflektor/reflektor:", env!("CARGO_PKG_VERSION")))]
         name: String,
     },
+    /// Run the acceptance suite against a real cluster: kind, k3s, rke2 or a managed one.
+    ///
+    /// Installs the generated manifests into a fresh namespace with server-side apply, waits
+    /// for the DaemonSet's rollout on every Linux node, checks that every agent has a peer
+    /// (through the API server's pod proxy) and that a deleted agent pod keeps its peer id,
+    /// then uninstalls through the cleanup path and deletes the namespace, on failure too.
+    /// Writes report.md, report.json and junit.xml into --out. Exit code 0 when every check
+    /// passed, 1 when one failed, 2 on a usage or setup error, 3 when no cluster is reachable
+    /// (nothing was checked).
+    Kube {
+        /// The kubeconfig to use [default: KUBECONFIG, ~/.kube/config, or in-cluster].
+        #[arg(long, value_name = "FILE")]
+        kubeconfig: Option<PathBuf>,
+        /// The kubeconfig context [default: its current context].
+        #[arg(long)]
+        context: Option<String>,
+        /// The agent's image as the cluster's nodes pull it (for kind: after `kind load
+        /// image-archive target/image/reflektor.oci.tar`).
+        #[arg(long, default_value = concat!("ghcr.io/reflektor/reflektor:", env!("CARGO_PKG_VERSION")))]
+        image: String,
+        /// The namespace to install into; it must not exist [default: reflektor-e2e-<random>].
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Seconds each rollout (install, pod replacement, cleanup) may take.
+        #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+        deadline: u64,
+        /// Where the report goes.
+        #[arg(long, value_name = "DIR", default_value_os_t = workspace_path("target/e2e-kube"))]
+        out: PathBuf,
+    },
     /// List the clusters and the checks that --only and --filter select from.
     List {
         #[arg(long, value_name = "DIR", default_value_os_t = cluster::default_cluster_dir())]
@@ -139,6 +169,58 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Kube {
+            kubeconfig,
+            context,
+            image,
+            namespace,
+            deadline,
+            out,
+        } => {
+            if let Some(namespace) = &namespace {
+                acceptance::check_namespace(namespace)?;
+            }
+            let options = acceptance::SuiteOptions {
+                kubeconfig,
+                context,
+                image,
+                namespace: namespace.unwrap_or_else(|| {
+                    format!("reflektor-e2e-{:06x}", rand::random::<u32>() & 0xff_ffff)
+                }),
+                deadline: std::time::Duration::from_secs(deadline),
+                poll: std::time::Duration::from_secs(2),
+            };
+            match acceptance::run(&options).await? {
+                acceptance::Outcome::Unavailable { cluster, reason } => {
+                    eprintln!(
+                        "reflektor-e2e kube: unavailable: no cluster reachable at {cluster}: {reason}"
+                    );
+                    eprintln!(
+                        "nothing was checked; exit code {}",
+                        acceptance::EXIT_UNAVAILABLE
+                    );
+                    Ok(ExitCode::from(acceptance::EXIT_UNAVAILABLE))
+                }
+                acceptance::Outcome::Ran(report) => {
+                    report.write(&out)?;
+                    println!("{}", report.table());
+                    let failures = report.failures();
+                    for (row, check, cell) in &failures {
+                        eprintln!("FAIL {} {}: {}", row.node, check.key(), cell.explanation());
+                    }
+                    eprintln!(
+                        "report: {} (also report.json, junit.xml)",
+                        out.join("report.md").display()
+                    );
+                    let stopped = !report.clusters_stopped().is_empty();
+                    Ok(if failures.is_empty() && !stopped {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    })
+                }
+            }
         }
         Command::Demo => {
             demo::run(&Reflektor::locate()?).await?;

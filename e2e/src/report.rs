@@ -20,7 +20,28 @@ use serde::Serialize;
 use crate::cluster::Expect;
 use crate::deploy::Deploy;
 
-/// The checks, in table order.
+/// A report's checks, the columns of its table: the release matrix's
+/// ([`Column`]) or the cluster suite's. Everything else about a report
+/// (rows, cells, Markdown, JSON, JUnit) is shared.
+pub trait Check: Copy + Ord + std::fmt::Debug + Serialize + 'static {
+    /// Every check, in table order.
+    const ALL: &'static [Self];
+    /// The report's title.
+    const HEADING: &'static str;
+
+    /// The name filters match and JSON and JUnit use.
+    fn key(self) -> &'static str;
+    /// A short table header.
+    fn title(self) -> &'static str;
+    /// What the check proves, for the report's legend.
+    fn meaning(self) -> &'static str;
+    /// The table's text for a passed cell, where it says more than `ok`.
+    fn passed_text(self, _row: &Row<Self>) -> Option<String> {
+        None
+    }
+}
+
+/// The release matrix's checks, in table order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Column {
@@ -38,8 +59,8 @@ pub enum Column {
     Cleanup,
 }
 
-impl Column {
-    pub const ALL: [Column; 12] = [
+impl Check for Column {
+    const ALL: &'static [Column] = &[
         Column::Version,
         Column::Verdict,
         Column::Doctor,
@@ -53,9 +74,9 @@ impl Column {
         Column::ContainerdRestart,
         Column::Cleanup,
     ];
+    const HEADING: &'static str = "reflektor compatibility report";
 
-    /// The name `--filter` matches and JSON and JUnit use.
-    pub fn key(self) -> &'static str {
+    fn key(self) -> &'static str {
         match self {
             Column::Version => "version",
             Column::Verdict => "verdict",
@@ -72,7 +93,6 @@ impl Column {
         }
     }
 
-    /// A short table header.
     fn title(self) -> &'static str {
         match self {
             Column::Version => "containerd",
@@ -90,7 +110,6 @@ impl Column {
         }
     }
 
-    /// What the check proves, for the report's legend.
     fn meaning(self) -> &'static str {
         match self {
             Column::Version => "what `containerd --version` reported",
@@ -121,6 +140,21 @@ impl Column {
                 "containerd restarts under the agent; the agent keeps serving and advertises what is pulled afterwards"
             }
             Column::Cleanup => "`reflektor cleanup` restores certs.d byte for byte",
+        }
+    }
+
+    fn passed_text(self, row: &Row) -> Option<String> {
+        match self {
+            Column::Version => row.reported.clone(),
+            Column::Verdict => {
+                let verdict = row.verdict.clone().unwrap_or_default();
+                Some(if row.expect == Expect::TooOld {
+                    format!("{verdict} (expected)")
+                } else {
+                    verdict
+                })
+            }
+            _ => None,
         }
     }
 }
@@ -193,7 +227,7 @@ impl Cell {
 }
 
 /// How the agent ran, with the pod's start-to-Ready time where measured.
-fn deploy_cell(row: &Row) -> String {
+fn deploy_cell<C: Check>(row: &Row<C>) -> String {
     match (row.deploy, row.ready_seconds) {
         (None, _) => "-".to_owned(),
         (Some(deploy), None) => deploy.to_string(),
@@ -203,10 +237,11 @@ fn deploy_cell(row: &Row) -> String {
 
 /// One node of one cluster.
 #[derive(Debug, Clone, Serialize)]
-pub struct Row {
+pub struct Row<C: Check = Column> {
     pub cluster: String,
     pub node: String,
-    /// The package source id, e.g. `debian:bookworm`.
+    /// Where the node's containerd came from: the package source id, e.g.
+    /// `debian:bookworm`, or a live cluster node's kubelet version.
     pub source: String,
     pub package_version: Option<String>,
     /// What `containerd --version` reported.
@@ -221,10 +256,10 @@ pub struct Row {
     /// How the node was set up and how its agent ran, for whoever reads
     /// a failure (which runc, image pull time).
     pub notes: Vec<String>,
-    pub cells: BTreeMap<Column, Cell>,
+    pub cells: BTreeMap<C, Cell>,
 }
 
-impl Row {
+impl<C: Check> Row<C> {
     pub fn new(cluster: &str, node: &str, source: &str, expect: Expect) -> Self {
         Self {
             cluster: cluster.to_owned(),
@@ -241,7 +276,7 @@ impl Row {
         }
     }
 
-    fn cell(&self, column: Column) -> Option<&Cell> {
+    fn cell(&self, column: C) -> Option<&Cell> {
         self.cells.get(&column)
     }
 }
@@ -262,16 +297,16 @@ pub enum ClusterOutcome {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct ClusterResult {
+pub struct ClusterResult<C: Check = Column> {
     pub name: String,
     pub description: String,
     pub seconds: f64,
     pub outcome: ClusterOutcome,
-    pub rows: Vec<Row>,
+    pub rows: Vec<Row<C>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub struct Report<C: Check = Column> {
     /// `reflektor-e2e <version>`.
     pub generated_by: String,
     /// Seconds since the Unix epoch when the run started.
@@ -279,16 +314,16 @@ pub struct Report {
     pub seconds: f64,
     /// Columns `--filter` kept; empty means all.
     pub filter: Vec<String>,
-    pub clusters: Vec<ClusterResult>,
+    pub clusters: Vec<ClusterResult<C>>,
 }
 
-impl Report {
-    pub fn rows(&self) -> impl Iterator<Item = &Row> {
+impl<C: Check> Report<C> {
+    pub fn rows(&self) -> impl Iterator<Item = &Row<C>> {
         self.clusters.iter().flat_map(|c| &c.rows)
     }
 
     /// Cells that gate the release: every failure.
-    pub fn failures(&self) -> Vec<(&Row, Column, &Cell)> {
+    pub fn failures(&self) -> Vec<(&Row<C>, C, &Cell)> {
         self.rows()
             .flat_map(|row| {
                 row.cells
@@ -328,11 +363,11 @@ impl Report {
             .load_style(UTF8_FULL_CONDENSED)
             .set_content_arrangement(ContentArrangement::Dynamic);
         let mut header = vec!["cluster/node".to_owned(), "deploy".to_owned()];
-        header.extend(Column::ALL.iter().map(|c| c.title().to_owned()));
+        header.extend(C::ALL.iter().map(|c| c.title().to_owned()));
         table.set_header(header);
         for row in self.rows() {
             let mut line = vec![format!("{}/{}", row.cluster, row.node), deploy_cell(row)];
-            line.extend(Column::ALL.iter().map(|c| table_cell(row, *c)));
+            line.extend(C::ALL.iter().map(|c| table_cell(row, *c)));
             table.add_row(line);
         }
         table.to_string()
@@ -342,7 +377,7 @@ impl Report {
         let mut md = String::new();
         let failures = self.failures();
         let rows = self.rows().count();
-        let _ = writeln!(md, "# reflektor compatibility report\n");
+        let _ = writeln!(md, "# {}\n", C::HEADING);
         let _ = writeln!(
             md,
             "Generated by {} in {:.0} s. {} rows in {} clusters; **{}**.\n",
@@ -364,7 +399,7 @@ impl Report {
             );
         }
         let mut header = vec!["cluster/node", "source", "deploy"];
-        header.extend(Column::ALL.iter().map(|c| c.title()));
+        header.extend(C::ALL.iter().map(|c| c.title()));
         let _ = writeln!(md, "| {} |", header.join(" | "));
         let _ = writeln!(md, "|{}", "---|".repeat(header.len()));
         for row in self.rows() {
@@ -373,11 +408,11 @@ impl Report {
                 row.source.clone(),
                 deploy_cell(row),
             ];
-            line.extend(Column::ALL.iter().map(|c| table_cell(row, *c)));
+            line.extend(C::ALL.iter().map(|c| table_cell(row, *c)));
             let _ = writeln!(md, "| {} |", line.join(" | ").replace('\n', " "));
         }
         let _ = writeln!(md, "\n## Checks\n");
-        for column in Column::ALL {
+        for column in C::ALL {
             let _ = writeln!(md, "- **{}**: {}.", column.title(), column.meaning());
         }
         let _ = writeln!(
@@ -461,19 +496,13 @@ impl Report {
     }
 }
 
-fn table_cell(row: &Row, column: Column) -> String {
-    match (column, row.cell(column)) {
-        (Column::Version, Some(Cell::Pass { .. })) => row.reported.clone().unwrap_or_default(),
-        (Column::Verdict, Some(Cell::Pass { .. } | Cell::Expected { .. })) => {
-            let verdict = row.verdict.clone().unwrap_or_default();
-            if row.expect == Expect::TooOld {
-                format!("{verdict} (expected)")
-            } else {
-                verdict
-            }
+fn table_cell<C: Check>(row: &Row<C>, column: C) -> String {
+    match row.cell(column) {
+        Some(cell @ (Cell::Pass { .. } | Cell::Expected { .. })) => {
+            column.passed_text(row).unwrap_or_else(|| cell.short())
         }
-        (_, Some(cell)) => cell.short(),
-        (_, None) => "·".to_owned(),
+        Some(cell) => cell.short(),
+        None => "·".to_owned(),
     }
 }
 

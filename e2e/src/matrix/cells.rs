@@ -143,7 +143,8 @@ impl Run<'_> {
         if !failed_cell {
             let missing = self.rows.iter_mut().find_map(|row| {
                 let column = Column::ALL
-                    .into_iter()
+                    .iter()
+                    .copied()
                     .find(|c| !row.cells.contains_key(c))?;
                 Some((row, column))
             });
@@ -158,7 +159,7 @@ impl Run<'_> {
         }
         let why = format!("not run: the cluster stopped at an earlier failure ({error:#})");
         for row in &mut self.rows {
-            for column in Column::ALL {
+            for &column in Column::ALL {
                 row.cells
                     .entry(column)
                     .or_insert_with(|| Cell::not_run("stopped", why.clone()));
@@ -170,7 +171,7 @@ impl Run<'_> {
     pub(super) fn fill_unrecorded(&mut self) {
         for (i, row) in self.rows.iter_mut().enumerate() {
             let name = &self.members[i].spec.name;
-            for column in Column::ALL {
+            for &column in Column::ALL {
                 row.cells.entry(column).or_insert_with(|| {
                     if !self.options.wants(column) {
                         Cell::not_run("filtered", "not selected by --filter")

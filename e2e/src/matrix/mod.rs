@@ -39,7 +39,7 @@ use crate::cluster::{
 use crate::deploy::pod::{PodImages, PodRunner};
 use crate::deploy::{Deploy, NodeRunner, ProcessRunner};
 use crate::image::{Platform, TestImage};
-use crate::report::{Cell, ClusterOutcome, ClusterResult, Column, Report, Row};
+use crate::report::{Cell, Check, ClusterOutcome, ClusterResult, Column, Report, Row};
 use crate::scenario::{self, Catalogue};
 use crate::support::eventually;
 use crate::upstream::{PushedImage, Upstream};
@@ -223,7 +223,7 @@ async fn run_cluster(
 /// first cell, every other cell `rest`.
 fn rows_not_started(mut rows: Vec<Row>, first: Cell, rest: Cell) -> Vec<Row> {
     for (i, row) in rows.iter_mut().enumerate() {
-        for column in Column::ALL {
+        for &column in Column::ALL {
             let cell = if i == 0 && column == Column::ALL[0] {
                 &first
             } else {

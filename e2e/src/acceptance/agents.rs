@@ -1,0 +1,213 @@
+//! The running agents, seen through the API server only: their metrics
+//! through the pod proxy, their peer ids from their logs.
+//!
+//! Why the pod proxy and not a port-forward: it is one plain HTTP GET, it
+//! needs only `pods/proxy` on the suite's credentials, and it reaches an
+//! agent that listens on the node's address alone (a port-forward connects
+//! to the pod's localhost, where a host-network agent bound to `NODE_IP`
+//! does not listen).
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::api::{Api, DeleteParams, LogParams};
+use reflektor::manifests;
+
+use super::objects::{Workload, is_ready, pods_by_node};
+use super::{KubeCheck, Suite, progress};
+use crate::report::Cell;
+
+/// The API server's proxy path to a pod's port.
+pub fn proxy_path(namespace: &str, pod: &str, port: u16, path: &str) -> String {
+    format!("/api/v1/namespaces/{namespace}/pods/{pod}:{port}/proxy{path}")
+}
+
+/// A metric's value from a `/metrics` text: the sum over the lines that
+/// start with `name` and contain every needle.
+pub fn metric(text: &str, name: &str, needles: &[&str]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter(|line| needles.iter().all(|n| line.contains(n)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The agent's `/metrics`, through the API server.
+pub async fn metrics(client: &Client, namespace: &str, pod: &str, port: u16) -> Result<String> {
+    let path = proxy_path(namespace, pod, port, "/metrics");
+    let request = http::Request::get(&path)
+        .body(Vec::new())
+        .context("building the proxy request")?;
+    client
+        .request_text(request)
+        .await
+        .with_context(|| format!("GET {path} through the API server's pod proxy"))
+}
+
+/// The libp2p peer id the agent logged when its router started.
+pub async fn peer_id(client: &Client, pod: &Pod) -> Result<String> {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let log = pods
+        .logs(
+            &name,
+            &LogParams {
+                container: Some("registry".to_owned()),
+                ..LogParams::default()
+            },
+        )
+        .await
+        .with_context(|| format!("reading the log of pod {name}"))?;
+    log.lines()
+        .filter(|line| line.contains("router started"))
+        .find_map(|line| {
+            let (_, rest) = line.split_once("peer_id=")?;
+            rest.split_whitespace().next().map(str::to_owned)
+        })
+        .with_context(|| format!("pod {name} logged no `router started peer_id=…`"))
+}
+
+impl Suite {
+    /// Every agent has a peer: a `Peers` cell per node. A one-node cluster
+    /// has nobody to find, and says so.
+    pub(super) async fn check_peers(&mut self) -> Result<()> {
+        let agent = Workload::daemonset(&manifests::install(&self.manifests), manifests::NAME)?;
+        let pods = pods_by_node(&self.client, &self.options.namespace, &agent.selector).await?;
+        let port = self.manifests.ports.metrics;
+        let alone = pods.len() < 2;
+        let mut failed = Vec::new();
+        for (node, pod) in &pods {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let cell = if alone {
+                Cell::not_run("alone", "a one-node cluster: the agent has no peer to find")
+            } else {
+                let deadline = Instant::now() + self.options.deadline;
+                loop {
+                    let text = metrics(&self.client, &self.options.namespace, &name, port).await;
+                    let peers = text.as_ref().map(|t| metric(t, "reflektor_peers", &[]));
+                    match peers {
+                        Ok(peers) if peers >= 1.0 => {
+                            break Cell::pass(
+                                format!("{peers} peer(s), read from pod {name}"),
+                                None,
+                            );
+                        }
+                        _ if Instant::now() >= deadline => {
+                            let seen = match peers {
+                                Ok(peers) => format!("reflektor_peers is {peers}"),
+                                Err(error) => format!("{error:#}"),
+                            };
+                            failed.push(node.clone());
+                            break Cell::Fail {
+                                detail: format!(
+                                    "no peer within {:?}: {seen}; check that the \
+                                     reflektor-bootstrap Service resolves in cluster DNS and that \
+                                     the router port is open between nodes",
+                                    self.options.deadline
+                                ),
+                            };
+                        }
+                        _ => tokio::time::sleep(self.options.poll).await,
+                    }
+                }
+            };
+            self.record(node, KubeCheck::Peers, cell);
+        }
+        if !failed.is_empty() {
+            bail!("agents without a peer on {failed:?}");
+        }
+        Ok(())
+    }
+
+    /// One node's agent pod is deleted; the pod that replaces it must log
+    /// the same peer id, kept in the hostPath data directory.
+    pub(super) async fn check_identity(&mut self) -> Result<()> {
+        let agent = Workload::daemonset(&manifests::install(&self.manifests), manifests::NAME)?;
+        let namespace = self.options.namespace.clone();
+        let before = pods_by_node(&self.client, &namespace, &agent.selector).await?;
+        let Some((node, pod)) = before.into_iter().next() else {
+            bail!("no agent pod to delete");
+        };
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let id = peer_id(&self.client, &pod).await?;
+        progress(&format!("deleting pod {name} on {node} (peer id {id})"));
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        pods.delete(&name, &DeleteParams::default())
+            .await
+            .with_context(|| format!("deleting pod {name}"))?;
+        let started = Instant::now();
+        let deadline = started + self.options.deadline;
+        let replacement = loop {
+            let now = pods_by_node(&self.client, &namespace, &agent.selector).await?;
+            match now.get(&node) {
+                Some(next) if next.metadata.name != pod.metadata.name && is_ready(next) => {
+                    break next.clone();
+                }
+                _ if Instant::now() >= deadline => {
+                    let cell = Cell::Fail {
+                        detail: format!(
+                            "no Ready replacement for pod {name} within {:?}",
+                            self.options.deadline
+                        ),
+                    };
+                    self.record(&node, KubeCheck::Identity, cell);
+                    bail!("pod {name} on {node} was not replaced");
+                }
+                _ => tokio::time::sleep(self.options.poll).await,
+            }
+        };
+        let again = peer_id(&self.client, &replacement).await?;
+        let cell = if again == id {
+            Cell::pass(
+                format!(
+                    "pod {} came back as {} with peer id {id}",
+                    name,
+                    replacement.metadata.name.as_deref().unwrap_or_default()
+                ),
+                Some(started.elapsed()),
+            )
+        } else {
+            Cell::Fail {
+                detail: format!(
+                    "pod {name} had peer id {id}; its replacement logged {again}: the data \
+                     directory did not keep the identity"
+                ),
+            }
+        };
+        let failed = cell.is_failure();
+        self.record(&node, KubeCheck::Identity, cell);
+        for row in &mut self.rows {
+            if row.node != node {
+                row.cells.entry(KubeCheck::Identity).or_insert_with(|| {
+                    Cell::not_run("n/a", format!("the pod on {node} is the one deleted"))
+                });
+            }
+        }
+        if failed {
+            bail!("the agent on {node} lost its peer id");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_are_read_by_name_not_prefix() {
+        let text = "# HELP reflektor_peers x\nreflektor_peers 2\nreflektor_peers_total 9\n";
+        assert_eq!(metric(text, "reflektor_peers", &[]), 2.0);
+        assert_eq!(
+            proxy_path("ns", "reflektor-abc", 9090, "/metrics"),
+            "/api/v1/namespaces/ns/pods/reflektor-abc:9090/proxy/metrics"
+        );
+    }
+}

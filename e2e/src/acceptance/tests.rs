@@ -1,0 +1,395 @@
+//! The suite's logic against a test double of the API server: no cluster
+//! can run on the project's machines. The double (`FakeApiServer`, on
+//! tower-test's mock service, as kube-rs documents) answers each request
+//! with a test's routing function and records every request, so that the
+//! tests check what the suite asks (apply patches, selectors, proxy paths)
+//! and what it makes of the answers (a stuck rollout, a crash loop).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use kube::Client;
+use kube::client::Body;
+use serde_json::{Value, json};
+
+use super::objects::FIELD_MANAGER;
+use super::*;
+use crate::cluster::Expect;
+
+/// One request as the API server saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    path: String,
+    query: String,
+    content_type: String,
+    body: Value,
+}
+
+/// What a test answers: a status and a JSON (or text) body.
+enum Answer {
+    Json(Value),
+    Text(String),
+    Status(StatusCode),
+}
+
+/// The API server test double.
+struct FakeApiServer {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeApiServer {
+    fn start(route: impl Fn(&Seen) -> Answer + Send + 'static) -> (Client, Self) {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Some((request, respond)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect_bytes().await.unwrap_or_default();
+                let request = Seen {
+                    method: parts.method.to_string(),
+                    path: parts.uri.path().to_owned(),
+                    query: parts.uri.query().unwrap_or_default().to_owned(),
+                    content_type: parts
+                        .headers
+                        .get(http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned(),
+                    body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                };
+                let answer = route(&request);
+                record.lock().unwrap().push(request.clone());
+                let response = match answer {
+                    Answer::Json(value) => {
+                        Response::new(Body::from(value.to_string().into_bytes()))
+                    }
+                    Answer::Text(text) => Response::new(Body::from(text.into_bytes())),
+                    Answer::Status(code) => {
+                        // The API server's reason words, which kube matches on.
+                        let reason = match code {
+                            StatusCode::NOT_FOUND => "NotFound",
+                            _ => "InternalError",
+                        };
+                        let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                            "status": "Failure", "reason": reason,
+                            "message": "from the test double", "code": code.as_u16()});
+                        Response::builder()
+                            .status(code)
+                            .body(Body::from(status.to_string().into_bytes()))
+                            .unwrap()
+                    }
+                };
+                respond.send_response(response);
+            }
+        });
+        let client = Client::new(service, "default");
+        (client, FakeApiServer { seen, _task: task })
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn options() -> SuiteOptions {
+    SuiteOptions {
+        kubeconfig: None,
+        context: None,
+        image: "registry.example/reflektor:test".to_owned(),
+        namespace: "reflektor-e2e-test".to_owned(),
+        deadline: Duration::ZERO,
+        poll: Duration::from_millis(1),
+    }
+}
+
+fn suite(client: Client, nodes: &[&str]) -> Suite {
+    let mut suite = Suite::new(client, options(), "test".to_owned());
+    suite.rows = nodes
+        .iter()
+        .map(|node| Row::new("test", node, "kubelet v1.33.1", Expect::Supported))
+        .collect();
+    suite
+}
+
+fn daemonset(desired: i32, ready: i32) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "reflektor", "namespace": "reflektor-e2e-test", "generation": 1},
+        "status": {"desiredNumberScheduled": desired, "numberReady": ready,
+            "updatedNumberScheduled": desired, "observedGeneration": 1,
+            "currentNumberScheduled": desired, "numberMisscheduled": 0}})
+}
+
+fn pod(name: &str, node: &str, ready: bool, statuses: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "reflektor-e2e-test"},
+        "spec": {"nodeName": node, "containers": [{"name": "registry"}]},
+        "status": {"phase": "Running",
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+            "containerStatuses": statuses}})
+}
+
+fn pod_list(pods: Vec<Value>) -> Value {
+    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": pods})
+}
+
+#[tokio::test]
+async fn install_applies_every_generated_object_with_server_side_apply() {
+    let (client, server) = FakeApiServer::start(|request| match request.method.as_str() {
+        "GET" if request.path == "/api/v1/namespaces/reflektor-e2e-test" => {
+            Answer::Status(StatusCode::NOT_FOUND)
+        }
+        // The API server answers an apply with the object.
+        "PATCH" => Answer::Json(request.body.clone()),
+        "GET" if request.path.ends_with("/daemonsets/reflektor") => Answer::Json(daemonset(1, 1)),
+        "GET" if request.path.ends_with("/pods") => Answer::Json(pod_list(vec![pod(
+            "reflektor-a",
+            "node-a",
+            true,
+            json!([]),
+        )])),
+        _ => Answer::Status(StatusCode::NOT_IMPLEMENTED),
+    });
+    let mut suite = suite(client, &["node-a"]);
+    suite.install().await.unwrap();
+
+    let patches: Vec<Seen> = server
+        .seen()
+        .into_iter()
+        .filter(|r| r.method == "PATCH")
+        .collect();
+    let objects = install_objects(&suite.manifests);
+    assert_eq!(patches.len(), objects.len(), "one apply per object");
+    for (object, patch) in objects.iter().zip(&patches) {
+        assert_eq!(patch.content_type, "application/apply-patch+yaml");
+        assert!(
+            patch
+                .query
+                .contains(&format!("fieldManager={FIELD_MANAGER}"))
+                && patch.query.contains("force=true"),
+            "{} {}?{}",
+            object.kind(),
+            patch.path,
+            patch.query
+        );
+        assert_eq!(patch.body["kind"], object.kind(), "{}", patch.path);
+    }
+    assert!(
+        patches[0].path == "/api/v1/namespaces/reflektor-e2e-test",
+        "the namespace first: {}",
+        patches[0].path
+    );
+    let listed = server
+        .seen()
+        .into_iter()
+        .find(|r| r.path.ends_with("/pods"))
+        .unwrap();
+    assert!(
+        listed
+            .query
+            .contains("labelSelector=app.kubernetes.io%2Fcomponent%3Dagent"),
+        "{}",
+        listed.query
+    );
+    assert!(matches!(
+        suite.rows[0].cells.get(&KubeCheck::Installed),
+        Some(Cell::Pass { .. })
+    ));
+}
+
+#[tokio::test]
+async fn an_existing_namespace_is_left_alone() {
+    let (client, server) = FakeApiServer::start(|request| {
+        if request.method == "GET" && request.path == "/api/v1/namespaces/reflektor-e2e-test" {
+            Answer::Json(json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": "reflektor-e2e-test"}}))
+        } else {
+            Answer::Status(StatusCode::NOT_IMPLEMENTED)
+        }
+    });
+    let error = suite(client, &["node-a"]).install().await.unwrap_err();
+    assert!(format!("{error:#}").contains("already exists"), "{error:#}");
+    assert!(
+        server.seen().iter().all(|r| r.method == "GET"),
+        "nothing applied"
+    );
+}
+
+#[tokio::test]
+async fn a_stuck_rollout_names_the_crash_looping_pod_and_the_agents_last_words() {
+    let refusal = "reflektor: containerd on this node cannot work with reflektor: containerd \
+                   reports version \"1.4.13~ds1\", parsed as 1.4.13, which is older than the \
+                   minimum 1.5.0.";
+    let (client, _server) = FakeApiServer::start(move |request| {
+        if request.path.ends_with("/daemonsets/reflektor") {
+            return Answer::Json(daemonset(2, 1));
+        }
+        if request.path.ends_with("/pods") {
+            let crashing = json!([{"name": "registry", "ready": false, "restartCount": 4,
+                "image": "x", "imageID": "",
+                "state": {"waiting": {"reason": "CrashLoopBackOff",
+                    "message": "back-off 40s restarting failed container"}},
+                "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}}]);
+            return Answer::Json(pod_list(vec![
+                pod("reflektor-a", "node-a", true, json!([])),
+                pod("reflektor-b", "node-b", false, crashing),
+            ]));
+        }
+        if request.path.ends_with("/pods/reflektor-b/log") {
+            assert!(request.query.contains("previous=true"), "{}", request.query);
+            return Answer::Text(format!("starting\n{refusal}\n"));
+        }
+        Answer::Status(StatusCode::NOT_IMPLEMENTED)
+    });
+    let mut suite = suite(client, &["node-a", "node-b"]);
+    let agent =
+        objects::Workload::daemonset(&install_objects(&suite.manifests), "reflektor").unwrap();
+    let error = suite
+        .wait_rollout(&agent, KubeCheck::Installed)
+        .await
+        .unwrap_err();
+    let error = format!("{error:#}");
+    assert!(error.contains("1/2 pods Ready"), "{error}");
+    assert!(error.contains("CrashLoopBackOff"), "{error}");
+    assert!(error.contains("1.4.13~ds1"), "the agent's refusal: {error}");
+    assert!(matches!(
+        suite.rows[0].cells.get(&KubeCheck::Installed),
+        Some(Cell::Pass { .. })
+    ));
+    let Some(Cell::Fail { detail }) = suite.rows[1].cells.get(&KubeCheck::Installed) else {
+        panic!("node-b's cell: {:?}", suite.rows[1].cells);
+    };
+    assert!(
+        detail.contains("CrashLoopBackOff") && detail.contains("older than"),
+        "{detail}"
+    );
+}
+
+#[tokio::test]
+async fn peers_are_read_through_the_api_servers_pod_proxy() {
+    let (client, server) = FakeApiServer::start(|request| {
+        if request.path.ends_with("/pods") {
+            return Answer::Json(pod_list(vec![
+                pod("reflektor-a", "node-a", true, json!([])),
+                pod("reflektor-b", "node-b", true, json!([])),
+            ]));
+        }
+        if request.path.ends_with("/proxy/metrics") {
+            return Answer::Text("# TYPE reflektor_peers gauge\nreflektor_peers 1\n".to_owned());
+        }
+        Answer::Status(StatusCode::NOT_IMPLEMENTED)
+    });
+    let mut suite = suite(client, &["node-a", "node-b"]);
+    suite.check_peers().await.unwrap();
+    let proxied: Vec<String> = server
+        .seen()
+        .into_iter()
+        .filter(|r| r.path.contains("/proxy/"))
+        .map(|r| r.path)
+        .collect();
+    assert_eq!(
+        proxied,
+        [
+            "/api/v1/namespaces/reflektor-e2e-test/pods/reflektor-a:9090/proxy/metrics",
+            "/api/v1/namespaces/reflektor-e2e-test/pods/reflektor-b:9090/proxy/metrics",
+        ]
+    );
+    for row in &suite.rows {
+        assert!(
+            matches!(row.cells.get(&KubeCheck::Peers), Some(Cell::Pass { .. })),
+            "{:?}",
+            row.cells
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_agent_without_peers_fails_with_what_to_check() {
+    let (client, _server) = FakeApiServer::start(|request| {
+        if request.path.ends_with("/pods") {
+            return Answer::Json(pod_list(vec![
+                pod("reflektor-a", "node-a", true, json!([])),
+                pod("reflektor-b", "node-b", true, json!([])),
+            ]));
+        }
+        Answer::Text("reflektor_peers 0\n".to_owned())
+    });
+    let mut suite = suite(client, &["node-a", "node-b"]);
+    let error = suite.check_peers().await.unwrap_err();
+    assert!(format!("{error:#}").contains("node-a"), "{error:#}");
+    let Some(Cell::Fail { detail }) = suite.rows[0].cells.get(&KubeCheck::Peers) else {
+        panic!("{:?}", suite.rows[0].cells);
+    };
+    assert!(detail.contains("reflektor_peers is 0") && detail.contains("reflektor-bootstrap"));
+}
+
+#[tokio::test]
+async fn uninstall_goes_through_the_cleanup_path_then_deletes_the_namespace() {
+    let (client, server) = FakeApiServer::start(|request| {
+        let path = request.path.as_str();
+        match request.method.as_str() {
+            "GET" if path.ends_with("/daemonsets/reflektor") => Answer::Json(daemonset(1, 1)),
+            "GET" if path.ends_with("/daemonsets/reflektor-cleanup") => {
+                Answer::Json(daemonset(1, 1))
+            }
+            "GET" if path.ends_with("/pods") && request.query.contains("component%3Dagent") => {
+                Answer::Json(pod_list(Vec::new()))
+            }
+            "GET" if path.ends_with("/pods") => Answer::Json(pod_list(vec![pod(
+                "reflektor-cleanup-a",
+                "node-a",
+                true,
+                json!([]),
+            )])),
+            "GET" if path.ends_with("/jobs/reflektor-cleanup-wait") => {
+                Answer::Json(json!({"apiVersion": "batch/v1", "kind": "Job",
+                    "metadata": {"name": "reflektor-cleanup-wait"},
+                    "status": {"succeeded": 1}}))
+            }
+            "DELETE" if path.ends_with("/daemonsets/reflektor") => Answer::Json(daemonset(1, 1)),
+            "DELETE" if path == "/api/v1/namespaces/reflektor-e2e-test" => {
+                Answer::Json(json!({"apiVersion": "v1", "kind": "Namespace",
+                    "metadata": {"name": "reflektor-e2e-test"}}))
+            }
+            "PATCH" => Answer::Json(request.body.clone()),
+            _ => Answer::Status(StatusCode::NOT_IMPLEMENTED),
+        }
+    });
+    let mut suite = suite(client, &["node-a"]);
+    suite.created_namespace = true;
+    suite.uninstall().await.unwrap();
+    let steps: Vec<String> = server
+        .seen()
+        .into_iter()
+        .filter(|r| r.method != "GET")
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    let at = |step: &str| {
+        steps
+            .iter()
+            .position(|s| s == step)
+            .unwrap_or_else(|| panic!("no {step} in {steps:?}"))
+    };
+    assert!(
+        at("DELETE /apis/apps/v1/namespaces/reflektor-e2e-test/daemonsets/reflektor")
+            < at("PATCH /apis/apps/v1/namespaces/reflektor-e2e-test/daemonsets/reflektor-cleanup")
+    );
+    assert!(
+        at("PATCH /apis/batch/v1/namespaces/reflektor-e2e-test/jobs/reflektor-cleanup-wait")
+            < at("DELETE /api/v1/namespaces/reflektor-e2e-test")
+    );
+    assert!(
+        steps
+            .last()
+            .unwrap()
+            .starts_with("DELETE /api/v1/namespaces/"),
+        "{steps:?}"
+    );
+    assert!(matches!(
+        suite.rows[0].cells.get(&KubeCheck::Cleanup),
+        Some(Cell::Pass { .. })
+    ));
+}
