@@ -16,6 +16,7 @@ mod agents;
 mod connect;
 mod objects;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -188,6 +189,8 @@ pub(crate) struct Suite {
     /// Whether this run created the namespace, and so may delete it: never
     /// one that was there before.
     created_namespace: bool,
+    /// Nodes whose kubelet is not Ready, with its last word on why.
+    not_ready: BTreeMap<String, String>,
 }
 
 impl Suite {
@@ -205,6 +208,7 @@ impl Suite {
             manifests,
             rows: Vec::new(),
             created_namespace: false,
+            not_ready: BTreeMap::new(),
         }
     }
 
@@ -213,7 +217,7 @@ impl Suite {
         let started_unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        self.rows = self.node_rows().await?;
+        self.node_rows().await?;
         let checked = self.install_and_check().await;
         // Whatever happened, nothing the suite created stays behind.
         let removed = self.uninstall().await;
@@ -247,7 +251,7 @@ impl Suite {
 
     /// A row per Linux node: what its kubelet and containerd report, and
     /// the agent's verdict on that containerd.
-    async fn node_rows(&self) -> Result<Vec<Row<KubeCheck>>> {
+    async fn node_rows(&mut self) -> Result<()> {
         let nodes: Api<Node> = Api::all(self.client.clone());
         let list = nodes
             .list(&ListParams::default().labels("kubernetes.io/os=linux"))
@@ -261,6 +265,20 @@ impl Suite {
         let mut rows = Vec::new();
         for node in list.items {
             let name = node.metadata.name.clone().unwrap_or_default();
+            let ready = node
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .and_then(|conditions| conditions.iter().find(|c| c.type_ == "Ready"));
+            if let Some(condition) = ready.filter(|c| c.status != "True") {
+                let why = format!(
+                    "node {name} is NotReady ({}: {})",
+                    condition.reason.as_deref().unwrap_or("no reason"),
+                    condition.message.as_deref().unwrap_or("no message")
+                );
+                progress(&why);
+                self.not_ready.insert(name.clone(), why);
+            }
             let info = node.status.and_then(|s| s.node_info);
             let kubelet = info
                 .as_ref()
@@ -300,9 +318,13 @@ impl Suite {
                     );
                 }
             }
+            if let Some(why) = self.not_ready.get(&name) {
+                row.notes.push(why.clone());
+            }
             rows.push(row);
         }
-        Ok(rows)
+        self.rows = rows;
+        Ok(())
     }
 
     async fn install_and_check(&mut self) -> Result<()> {

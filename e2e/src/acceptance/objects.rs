@@ -265,6 +265,15 @@ impl Suite {
         let mut stuck = Vec::new();
         for node in nodes {
             let cell = match pods.get(&node) {
+                Some(pod) if !is_ready(pod) && self.not_ready.contains_key(&node) => {
+                    let why = format!(
+                        "{}; its pod {} cannot become Ready there",
+                        self.not_ready[&node],
+                        pod.metadata.name.as_deref().unwrap_or_default()
+                    );
+                    stuck.push(format!("{node}: {why}"));
+                    Cell::Fail { detail: why }
+                }
                 Some(pod) if is_ready(pod) => Cell::pass(
                     format!(
                         "pod {} Ready",

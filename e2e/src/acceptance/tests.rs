@@ -393,3 +393,58 @@ async fn uninstall_goes_through_the_cleanup_path_then_deletes_the_namespace() {
         Some(Cell::Pass { .. })
     ));
 }
+
+#[tokio::test]
+async fn a_node_that_is_not_ready_is_named_with_its_kubelets_reason() {
+    let (client, _server) = FakeApiServer::start(|request| {
+        let path = request.path.as_str();
+        if path == "/api/v1/nodes" {
+            let node = |name: &str, ready: &str, message: &str| {
+                json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+                    "status": {"conditions": [{"type": "Ready", "status": ready,
+                        "reason": "KubeletNotReady", "message": message}],
+                    "nodeInfo": {"kubeletVersion": "v1.33.1",
+                        "containerRuntimeVersion": "containerd://1.7.24",
+                        "architecture": "amd64", "bootID": "", "kernelVersion": "",
+                        "kubeProxyVersion": "", "machineID": "", "operatingSystem": "linux",
+                        "osImage": "", "systemUUID": ""}}})
+            };
+            return Answer::Json(
+                json!({"apiVersion": "v1", "kind": "NodeList", "metadata": {},
+                "items": [node("node-a", "True", "ok"),
+                          node("node-b", "False", "container runtime is down")]}),
+            );
+        }
+        if path.ends_with("/daemonsets/reflektor") {
+            return Answer::Json(daemonset(2, 1));
+        }
+        if path.ends_with("/pods") {
+            return Answer::Json(pod_list(vec![
+                pod("reflektor-a", "node-a", true, json!([])),
+                pod("reflektor-b", "node-b", false, json!([])),
+            ]));
+        }
+        Answer::Status(StatusCode::NOT_IMPLEMENTED)
+    });
+    let mut suite = Suite::new(client, options(), "test".to_owned());
+    suite.node_rows().await.unwrap();
+    assert_eq!(suite.rows.len(), 2);
+    assert_eq!(suite.rows[0].reported.as_deref(), Some("1.7.24"));
+    assert!(matches!(
+        suite.rows[0].cells.get(&KubeCheck::Verdict),
+        Some(Cell::Pass { .. })
+    ));
+    let agent =
+        objects::Workload::daemonset(&install_objects(&suite.manifests), "reflektor").unwrap();
+    let error = format!(
+        "{:#}",
+        suite
+            .wait_rollout(&agent, KubeCheck::Installed)
+            .await
+            .unwrap_err()
+    );
+    assert!(
+        error.contains("node node-b is NotReady (KubeletNotReady: container runtime is down)"),
+        "{error}"
+    );
+}
