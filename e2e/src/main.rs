@@ -99,6 +99,11 @@ enum Command {
         /// image-archive target/image/reflektor.oci.tar`).
         #[arg(long, default_value = concat!("ghcr.io/reflektor/reflektor:", env!("CARGO_PKG_VERSION")))]
         image: String,
+        /// A registry (HOST:PORT) this machine can push to and the nodes pull from (for kind:
+        /// its local registry). With it, a test image is pushed there and pulled by two nodes,
+        /// the second through its peer; without it, that check does not run.
+        #[arg(long, value_name = "HOST:PORT")]
+        registry: Option<String>,
         /// The namespace to install into; it must not exist [default: reflektor-e2e-<random>].
         #[arg(long)]
         namespace: Option<String>,
@@ -174,6 +179,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             kubeconfig,
             context,
             image,
+            registry,
             namespace,
             deadline,
             out,
@@ -185,6 +191,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 kubeconfig,
                 context,
                 image,
+                registry,
                 namespace: namespace.unwrap_or_else(|| {
                     format!("reflektor-e2e-{:06x}", rand::random::<u32>() & 0xff_ffff)
                 }),

@@ -69,6 +69,32 @@ pub struct PushedImage {
     pub by_digest: String,
 }
 
+/// `skopeo copy` from `source` (e.g. `oci:<dir>:<tag>`) to `by_tag`
+/// (`host:port/repo:tag`), digests kept, TLS not verified: the registries
+/// the harness pushes to are its own or a test registry.
+pub async fn skopeo_copy(source: &str, by_tag: &str, multi_arch: bool) -> Result<()> {
+    let mut skopeo = tokio::process::Command::new(SKOPEO_BIN);
+    // The host's policy.json is not ours to depend on; the images are our own.
+    skopeo.args(["--insecure-policy", "copy", "--preserve-digests"]);
+    skopeo.args(["--dest-tls-verify=false", "--quiet"]);
+    if multi_arch {
+        skopeo.args(["--multi-arch", "all"]);
+    }
+    skopeo.arg(source).arg(format!("docker://{by_tag}"));
+    let output = skopeo
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .with_context(|| format!("could not run {SKOPEO_BIN}; install Debian's skopeo package"))?;
+    ensure!(
+        output.status.success(),
+        "{skopeo:?} failed with {}:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    Ok(())
+}
+
 impl Upstream {
     /// Starts an empty registry on a free loopback port and waits until it answers.
     pub async fn start() -> Result<Self> {
@@ -268,30 +294,15 @@ impl Upstream {
 
     /// `skopeo copy` from `source` to this registry, digests kept.
     async fn copy(&self, source: &str, by_tag: &str, multi_arch: bool) -> Result<()> {
-        let mut skopeo = tokio::process::Command::new(SKOPEO_BIN);
-        // The host's policy.json is not ours to depend on; the images are our own.
-        skopeo.args(["--insecure-policy", "copy", "--preserve-digests"]);
-        skopeo.args(["--dest-tls-verify=false", "--quiet"]);
-        if multi_arch {
-            skopeo.args(["--multi-arch", "all"]);
-        }
-        skopeo.arg(source).arg(format!("docker://{by_tag}"));
-        let output = skopeo
-            .stdin(Stdio::null())
-            .output()
+        skopeo_copy(source, by_tag, multi_arch)
             .await
             .with_context(|| {
-                format!("could not run {SKOPEO_BIN}; install Debian's skopeo package")
-            })?;
-        ensure!(
-            output.status.success(),
-            "{skopeo:?} failed with {}:\n{}\nregistry log {}:\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim(),
-            self.log_file.display(),
-            log_tail(&self.log_file)
-        );
-        Ok(())
+                format!(
+                    "registry log {}:\n{}",
+                    self.log_file.display(),
+                    log_tail(&self.log_file)
+                )
+            })
     }
 
     /// The image manifest the registry serves for `repo:reference`.
@@ -314,7 +325,7 @@ impl Upstream {
 
     /// The digest and media type the registry serves `repo:reference` as, after
     /// checking that the digest header matches the body.
-    async fn manifest(&self, repo: &str, reference: &str) -> Result<(String, String)> {
+    pub async fn manifest(&self, repo: &str, reference: &str) -> Result<(String, String)> {
         let path = format!("/v2/{repo}/manifests/{reference}");
         let response = http::get(self.addr, &path, MANIFEST_ACCEPT).await?;
         ensure!(

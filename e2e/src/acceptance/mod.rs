@@ -15,6 +15,7 @@
 mod agents;
 mod connect;
 mod objects;
+mod pulls;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -44,6 +45,7 @@ pub enum KubeCheck {
     Verdict,
     Installed,
     Peers,
+    PullThroughPeer,
     Identity,
     Cleanup,
 }
@@ -53,6 +55,7 @@ impl Check for KubeCheck {
         KubeCheck::Verdict,
         KubeCheck::Installed,
         KubeCheck::Peers,
+        KubeCheck::PullThroughPeer,
         KubeCheck::Identity,
         KubeCheck::Cleanup,
     ];
@@ -63,6 +66,7 @@ impl Check for KubeCheck {
             KubeCheck::Verdict => "verdict",
             KubeCheck::Installed => "installed",
             KubeCheck::Peers => "peers",
+            KubeCheck::PullThroughPeer => "pull-through-peer",
             KubeCheck::Identity => "identity",
             KubeCheck::Cleanup => "cleanup",
         }
@@ -73,6 +77,7 @@ impl Check for KubeCheck {
             KubeCheck::Verdict => "verdict",
             KubeCheck::Installed => "Ready",
             KubeCheck::Peers => "peers",
+            KubeCheck::PullThroughPeer => "via peer",
             KubeCheck::Identity => "peer id kept",
             KubeCheck::Cleanup => "cleanup",
         }
@@ -88,6 +93,9 @@ impl Check for KubeCheck {
             }
             KubeCheck::Peers => {
                 "the node's agent has a peer (`reflektor_peers`), read through the API server's pod proxy"
+            }
+            KubeCheck::PullThroughPeer => {
+                "a fresh test image pushed to --registry, pulled by a pod pinned to one node, then by one pinned to another, whose agent counts its layer bytes as fetched from a peer"
             }
             KubeCheck::Identity => {
                 "a deleted agent pod comes back on its node with the same libp2p peer id (the data directory is a hostPath)"
@@ -123,6 +131,9 @@ pub struct SuiteOptions {
     pub context: Option<String>,
     /// The agent's image, as the cluster's nodes can pull it.
     pub image: String,
+    /// A registry (`host:port`) the harness can push to and the nodes
+    /// pull from, for the pull through a peer; `None` skips that check.
+    pub registry: Option<String>,
     /// The namespace to install into; it must not exist yet.
     pub namespace: String,
     /// How long each rollout (install, restart, cleanup) may take.
@@ -191,6 +202,8 @@ pub(crate) struct Suite {
     created_namespace: bool,
     /// Nodes whose kubelet is not Ready, with its last word on why.
     not_ready: BTreeMap<String, String>,
+    /// Each node's architecture, as its kubelet reports it.
+    architectures: BTreeMap<String, String>,
 }
 
 impl Suite {
@@ -209,6 +222,7 @@ impl Suite {
             rows: Vec::new(),
             created_namespace: false,
             not_ready: BTreeMap::new(),
+            architectures: BTreeMap::new(),
         }
     }
 
@@ -280,6 +294,10 @@ impl Suite {
                 self.not_ready.insert(name.clone(), why);
             }
             let info = node.status.and_then(|s| s.node_info);
+            if let Some(info) = &info {
+                self.architectures
+                    .insert(name.clone(), info.architecture.clone());
+            }
             let kubelet = info
                 .as_ref()
                 .map_or("unknown", |i| i.kubelet_version.as_str());
@@ -330,7 +348,16 @@ impl Suite {
     async fn install_and_check(&mut self) -> Result<()> {
         self.install().await?;
         self.check_peers().await?;
+        self.check_pull_through_peer().await?;
         self.check_identity().await
+    }
+
+    /// A node's architecture, `amd64` where its kubelet did not say.
+    fn architecture(&self, node: &str) -> String {
+        self.architectures
+            .get(node)
+            .cloned()
+            .unwrap_or_else(|| "amd64".to_owned())
     }
 
     fn row_mut(&mut self, node: &str) -> Option<&mut Row<KubeCheck>> {

@@ -100,6 +100,7 @@ fn options() -> SuiteOptions {
         kubeconfig: None,
         context: None,
         image: "registry.example/reflektor:test".to_owned(),
+        registry: None,
         namespace: "reflektor-e2e-test".to_owned(),
         deadline: Duration::ZERO,
         poll: Duration::from_millis(1),
@@ -447,4 +448,80 @@ async fn a_node_that_is_not_ready_is_named_with_its_kubelets_reason() {
         error.contains("node node-b is NotReady (KubeletNotReady: container runtime is down)"),
         "{error}"
     );
+}
+
+/// The test image goes to a real registry (the harness's docker-registry);
+/// only the API server is a double.
+#[tokio::test]
+async fn a_second_node_pulls_the_test_image_through_its_peer() {
+    let upstream = crate::upstream::Upstream::start().await.unwrap();
+    let scrapes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = scrapes.clone();
+    let (client, server) = FakeApiServer::start(move |request| {
+        let path = request.path.as_str();
+        match request.method.as_str() {
+            "GET" if path.ends_with("/pods") => Answer::Json(pod_list(vec![
+                pod("reflektor-a", "node-a", true, json!([])),
+                pod("reflektor-b", "node-b", true, json!([])),
+            ])),
+            "GET" if path.ends_with("reflektor-b:9090/proxy/metrics") => {
+                // Nothing from peers before the probes, the layer after.
+                let n = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let bytes = if n == 0 { 0 } else { 5 << 20 };
+                Answer::Text(format!(
+                    "reflektor_served_bytes_total{{source=\"peer\"}} {bytes}\n\
+                     reflektor_served_bytes_total{{source=\"local\"}} 7\n"
+                ))
+            }
+            "POST" if path.ends_with("/pods") => Answer::Json(request.body.clone()),
+            "GET" if path.contains("/pods/probe-") => {
+                let name = path.rsplit('/').next().unwrap();
+                Answer::Json(json!({"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": name},
+                    "status": {"containerStatuses": [{"name": "probe", "ready": false,
+                        "restartCount": 0, "image": "x", "imageID": "",
+                        "state": {"waiting": {"reason": "CreateContainerError",
+                            "message": "no command specified"}}}]}}))
+            }
+            "DELETE" => Answer::Json(json!({"apiVersion": "v1", "kind": "Status",
+                "metadata": {}, "status": "Success"})),
+            _ => Answer::Status(StatusCode::NOT_IMPLEMENTED),
+        }
+    });
+    let mut suite = suite(client, &["node-a", "node-b"]);
+    suite.options.registry = Some(upstream.addr().to_string());
+    suite.options.deadline = Duration::from_secs(5);
+    suite.check_pull_through_peer().await.unwrap();
+
+    let created: Vec<Value> = server
+        .seen()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| r.body)
+        .collect();
+    assert_eq!(created.len(), 2, "one probe per node");
+    assert_eq!(created[0]["spec"]["nodeName"], "node-a", "the seed first");
+    assert_eq!(created[1]["spec"]["nodeName"], "node-b");
+    let image = created[1]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap();
+    assert!(
+        image.starts_with(&format!("{}/reflektor-e2e/probe:", upstream.addr())),
+        "{image}"
+    );
+    // The image is really there, for both architectures.
+    let tag = image.rsplit(':').next().unwrap();
+    let (digest, media_type) = upstream.manifest("reflektor-e2e/probe", tag).await.unwrap();
+    assert!(
+        digest.starts_with("sha256:") && media_type.contains("index"),
+        "{media_type}"
+    );
+    assert!(matches!(
+        suite.rows[1].cells.get(&KubeCheck::PullThroughPeer),
+        Some(Cell::Pass { .. })
+    ));
+    assert!(matches!(
+        suite.rows[0].cells.get(&KubeCheck::PullThroughPeer),
+        Some(Cell::NotRun { .. })
+    ));
 }
