@@ -10,9 +10,10 @@
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
-use kube::api::{Api, DeleteParams, LogParams};
+use kube::api::{Api, DeleteParams, LogParams, Patch, PatchParams};
 use reflektor::manifests;
 
 use super::objects::{Workload, is_ready, pods_by_node};
@@ -192,6 +193,75 @@ impl Suite {
         }
         if failed {
             bail!("the agent on {node} lost its peer id");
+        }
+        Ok(())
+    }
+}
+
+impl Suite {
+    /// The agent restarted by a rollout, as `kubectl rollout restart` does
+    /// it: every node's new pod Ready, and its `configuration` init
+    /// container having rewritten hosts.toml for the agent (read from its
+    /// log: the suite reaches the nodes only through the API server).
+    pub(super) async fn check_rollout_restart(&mut self) -> Result<()> {
+        let agent = Workload::daemonset(&manifests::install(&self.manifests), manifests::NAME)?;
+        let namespace = self.options.namespace.clone();
+        let before = pods_by_node(&self.client, &namespace, &agent.selector).await?;
+        let daemonsets: Api<DaemonSet> = Api::namespaced(self.client.clone(), &namespace);
+        // Any new value restarts the pods; kubectl writes the time.
+        let restarted_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+            .to_string();
+        let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {
+            "kubectl.kubernetes.io/restartedAt": restarted_at}}}}});
+        daemonsets
+            .patch(&agent.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .with_context(|| format!("restarting DaemonSet {}", agent.name))?;
+        progress(&format!("DaemonSet {} restarted by a rollout", agent.name));
+        self.wait_rollout(&agent, KubeCheck::Restart).await?;
+        let after = pods_by_node(&self.client, &namespace, &agent.selector).await?;
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
+        let mut failed = Vec::new();
+        for (node, pod) in &after {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            if before.get(node).and_then(|p| p.metadata.name.as_ref()) == Some(&name) {
+                failed.push(node.clone());
+                let cell = Cell::Fail {
+                    detail: format!("pod {name} was not replaced by the rollout"),
+                };
+                self.record(node, KubeCheck::Restart, cell);
+                continue;
+            }
+            let log = pods
+                .logs(
+                    &name,
+                    &LogParams {
+                        container: Some("configuration".to_owned()),
+                        ..LogParams::default()
+                    },
+                )
+                .await
+                .with_context(|| format!("reading the init container's log of pod {name}"))?;
+            let wrote: Vec<&str> = log
+                .lines()
+                .filter(|line| line.contains("wrote ") && line.contains("hosts.toml"))
+                .collect();
+            let cell = if wrote.is_empty() {
+                failed.push(node.clone());
+                Cell::Fail {
+                    detail: format!(
+                        "pod {name}'s configuration container wrote no hosts.toml:\n{log}"
+                    ),
+                }
+            } else {
+                Cell::pass(format!("pod {name}: {}", wrote.join("; ")), None)
+            };
+            self.record(node, KubeCheck::Restart, cell);
+        }
+        if !failed.is_empty() {
+            bail!("the rollout restart left {failed:?} without a fresh hosts.toml");
         }
         Ok(())
     }

@@ -47,6 +47,7 @@ pub enum KubeCheck {
     Peers,
     PullThroughPeer,
     Identity,
+    Restart,
     Cleanup,
 }
 
@@ -57,6 +58,7 @@ impl Check for KubeCheck {
         KubeCheck::Peers,
         KubeCheck::PullThroughPeer,
         KubeCheck::Identity,
+        KubeCheck::Restart,
         KubeCheck::Cleanup,
     ];
     const HEADING: &'static str = "reflektor cluster acceptance report";
@@ -68,6 +70,7 @@ impl Check for KubeCheck {
             KubeCheck::Peers => "peers",
             KubeCheck::PullThroughPeer => "pull-through-peer",
             KubeCheck::Identity => "identity",
+            KubeCheck::Restart => "rollout-restart",
             KubeCheck::Cleanup => "cleanup",
         }
     }
@@ -79,6 +82,7 @@ impl Check for KubeCheck {
             KubeCheck::Peers => "peers",
             KubeCheck::PullThroughPeer => "via peer",
             KubeCheck::Identity => "peer id kept",
+            KubeCheck::Restart => "restart",
             KubeCheck::Cleanup => "cleanup",
         }
     }
@@ -99,6 +103,9 @@ impl Check for KubeCheck {
             }
             KubeCheck::Identity => {
                 "a deleted agent pod comes back on its node with the same libp2p peer id (the data directory is a hostPath)"
+            }
+            KubeCheck::Restart => {
+                "the DaemonSet restarted by a rollout: the node's new pod Ready, its init container having rewritten hosts.toml for the agent (read from its log)"
             }
             KubeCheck::Cleanup => {
                 "after the agent's DaemonSet is deleted, the cleanup DaemonSet's pod on the node became Ready, which it is once certs.d is restored, and the cleanup-wait Job completed"
@@ -349,7 +356,8 @@ impl Suite {
         self.install().await?;
         self.check_peers().await?;
         self.check_pull_through_peer().await?;
-        self.check_identity().await
+        self.check_identity().await?;
+        self.check_rollout_restart().await
     }
 
     /// A node's architecture, `amd64` where its kubelet did not say.

@@ -525,3 +525,58 @@ async fn a_second_node_pulls_the_test_image_through_its_peer() {
         Some(Cell::NotRun { .. })
     ));
 }
+
+#[tokio::test]
+async fn a_rollout_restart_replaces_every_pod_and_each_rewrites_hosts_toml() {
+    let restarted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = restarted.clone();
+    let (client, server) = FakeApiServer::start(move |request| {
+        let path = request.path.as_str();
+        let after = flag.load(std::sync::atomic::Ordering::SeqCst);
+        match request.method.as_str() {
+            "PATCH" if path.ends_with("/daemonsets/reflektor") => {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                Answer::Json(daemonset(1, 1))
+            }
+            "GET" if path.ends_with("/daemonsets/reflektor") => Answer::Json(daemonset(1, 1)),
+            "GET" if path.ends_with("/pods") => {
+                let name = if after {
+                    "reflektor-new"
+                } else {
+                    "reflektor-old"
+                };
+                Answer::Json(pod_list(vec![pod(name, "node-a", true, json!([]))]))
+            }
+            "GET" if path.ends_with("/pods/reflektor-new/log") => {
+                assert!(request.query.contains("container=configuration"));
+                Answer::Text(
+                    "wrote /etc/containerd/certs.d/_default/hosts.toml: 1 reflektor host\n"
+                        .to_owned(),
+                )
+            }
+            _ => Answer::Status(StatusCode::NOT_IMPLEMENTED),
+        }
+    });
+    let mut suite = suite(client, &["node-a"]);
+    suite.check_rollout_restart().await.unwrap();
+    let patch = server
+        .seen()
+        .into_iter()
+        .find(|r| r.method == "PATCH")
+        .unwrap();
+    assert_eq!(patch.content_type, "application/merge-patch+json");
+    assert!(
+        patch.body["spec"]["template"]["metadata"]["annotations"]
+            ["kubectl.kubernetes.io/restartedAt"]
+            .is_string(),
+        "{}",
+        patch.body
+    );
+    let Some(Cell::Pass { detail, .. }) = suite.rows[0].cells.get(&KubeCheck::Restart) else {
+        panic!("{:?}", suite.rows[0].cells);
+    };
+    assert!(
+        detail.contains("reflektor-new") && detail.contains("hosts.toml"),
+        "{detail}"
+    );
+}
