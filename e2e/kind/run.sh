@@ -64,6 +64,8 @@ kind create cluster --name "$name" --config "$work/kind.yaml" \
 # loaded copy is what runs.
 kind load image-archive "$archive" --name "$name"
 status=0
+# kind's nodes are containers: the suite reads their hosts.toml, and blocks
+# a --registry you pass, through `docker exec`.
 cargo run -q -p reflektor-e2e -- kube --kubeconfig "$work/kubeconfig" --image "$image" \
-  --out target/e2e-kind "$@" || status=$?
+  --node-shell "docker exec {node}" --out target/e2e-kind "$@" || status=$?
 exit "$status"

@@ -107,6 +107,11 @@ enum Command {
         /// The namespace to install into; it must not exist [default: reflektor-e2e-<random>].
         #[arg(long)]
         namespace: Option<String>,
+        /// How to run a command on a node, with {node} for its name: "docker exec {node}" for
+        /// kind. With it, hosts.toml is read on every node throughout the rollout restart, and
+        /// the registry is blocked on the node that pulls through its peer.
+        #[arg(long, value_name = "COMMAND")]
+        node_shell: Option<String>,
         /// Seconds each rollout (install, pod replacement, cleanup) may take.
         #[arg(long, value_name = "SECONDS", default_value_t = 300)]
         deadline: u64,
@@ -180,6 +185,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             context,
             image,
             registry,
+            node_shell,
             namespace,
             deadline,
             out,
@@ -187,11 +193,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             if let Some(namespace) = &namespace {
                 acceptance::check_namespace(namespace)?;
             }
+            if let Some(template) = &node_shell {
+                acceptance::CommandShell::parse(template)?;
+            }
             let options = acceptance::SuiteOptions {
                 kubeconfig,
                 context,
                 image,
                 registry,
+                node_shell,
                 namespace: namespace.unwrap_or_else(|| {
                     format!("reflektor-e2e-{:06x}", rand::random::<u32>() & 0xff_ffff)
                 }),

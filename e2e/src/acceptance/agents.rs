@@ -7,7 +7,9 @@
 //! to the pod's localhost, where a host-network agent bound to `NODE_IP`
 //! does not listen).
 
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::apps::v1::DaemonSet;
@@ -16,9 +18,88 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, LogParams, Patch, PatchParams};
 use reflektor::manifests;
 
+use super::node_shell::NodeShell;
 use super::objects::{Workload, is_ready, pods_by_node};
 use super::{KubeCheck, Suite, progress};
 use crate::report::Cell;
+
+/// Whether a hosts.toml names the agent: TOML with a `[host."http://…:<port>"]`
+/// table for the agent's registry port; why not otherwise.
+pub fn names_the_agent(text: &str, port: u16) -> Result<(), String> {
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e| format!("not TOML ({e}):\n{text}"))?;
+    let hosts = table
+        .get("host")
+        .and_then(|h| h.as_table())
+        .ok_or_else(|| format!("no [host.\"…\"] table:\n{text}"))?;
+    let suffix = format!(":{port}");
+    if hosts
+        .keys()
+        .any(|key| key.starts_with("http") && key.ends_with(&suffix))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "no host entry for the agent's port {port}, only {:?}",
+            hosts.keys().collect::<Vec<_>>()
+        ))
+    }
+}
+
+/// What the hosts.toml watcher saw: reads per node, and each problem.
+#[derive(Debug, Default)]
+pub struct Watched {
+    reads: BTreeMap<String, usize>,
+    problems: Vec<(String, String)>,
+}
+
+impl Watched {
+    /// A node's outcome: how often hosts.toml was read and valid, or the
+    /// first problem seen there.
+    fn verdict(&self, node: &str) -> Result<String, String> {
+        if let Some((_, why)) = self.problems.iter().find(|(n, _)| n == node) {
+            return Err(format!("during the rollout, hosts.toml on {node}: {why}"));
+        }
+        let reads = self.reads.get(node).copied().unwrap_or(0);
+        if reads == 0 {
+            return Err(format!(
+                "hosts.toml was never read on {node} during the rollout"
+            ));
+        }
+        Ok(format!(
+            "hosts.toml read {reads} times on the node during the rollout, naming the agent every time"
+        ))
+    }
+}
+
+/// Reads `path` on every node through `shell`, every `poll`, until `stop`.
+async fn watch_hosts_toml(
+    shell: Arc<dyn NodeShell>,
+    nodes: Vec<String>,
+    path: String,
+    port: u16,
+    poll: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> Watched {
+    let mut watched = Watched::default();
+    loop {
+        for node in &nodes {
+            let problem = match shell.run(node, &format!("cat '{path}'")).await {
+                Ok(text) => names_the_agent(&text, port).err(),
+                Err(error) => Some(format!("{error:#}")),
+            };
+            *watched.reads.entry(node.clone()).or_default() += 1;
+            if let Some(why) = problem {
+                watched.problems.push((node.clone(), why));
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return watched,
+            () = tokio::time::sleep(poll) => {}
+        }
+    }
+}
 
 /// The API server's proxy path to a pod's port.
 pub fn proxy_path(namespace: &str, pod: &str, port: u16, path: &str) -> String {
@@ -220,7 +301,29 @@ impl Suite {
             .await
             .with_context(|| format!("restarting DaemonSet {}", agent.name))?;
         progress(&format!("DaemonSet {} restarted by a rollout", agent.name));
-        self.wait_rollout(&agent, KubeCheck::Restart).await?;
+        // With a way into the nodes, hosts.toml is read on each of them all
+        // through the rollout: it must name the agent every time.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let watcher = self.shell.clone().map(|shell| {
+            let nodes: Vec<String> = before.keys().cloned().collect();
+            let path = format!("{}/_default/hosts.toml", self.manifests.containerd.certs_d);
+            let port = self.manifests.ports.registry;
+            tokio::spawn(watch_hosts_toml(
+                shell,
+                nodes,
+                path,
+                port,
+                self.options.poll,
+                stop.clone(),
+            ))
+        });
+        let rolled = self.wait_rollout(&agent, KubeCheck::Restart).await;
+        stop.cancel();
+        let watched = match watcher {
+            Some(watcher) => Some(watcher.await.context("the hosts.toml watcher failed")?),
+            None => None,
+        };
+        rolled?;
         let after = pods_by_node(&self.client, &namespace, &agent.selector).await?;
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         let mut failed = Vec::new();
@@ -248,16 +351,24 @@ impl Suite {
                 .lines()
                 .filter(|line| line.contains("wrote ") && line.contains("hosts.toml"))
                 .collect();
-            let cell = if wrote.is_empty() {
-                failed.push(node.clone());
-                Cell::Fail {
+            let on_node = match &watched {
+                None => Ok("no --node-shell, so hosts.toml was not read on the node".to_owned()),
+                Some(watched) => watched.verdict(node),
+            };
+            let cell = match (wrote.is_empty(), on_node) {
+                (true, _) => Cell::Fail {
                     detail: format!(
                         "pod {name}'s configuration container wrote no hosts.toml:\n{log}"
                     ),
+                },
+                (false, Err(why)) => Cell::Fail { detail: why },
+                (false, Ok(seen)) => {
+                    Cell::pass(format!("pod {name}: {}; {seen}", wrote.join("; ")), None)
                 }
-            } else {
-                Cell::pass(format!("pod {name}: {}", wrote.join("; ")), None)
             };
+            if cell.is_failure() {
+                failed.push(node.clone());
+            }
             self.record(node, KubeCheck::Restart, cell);
         }
         if !failed.is_empty() {

@@ -14,6 +14,7 @@
 
 mod agents;
 mod connect;
+mod node_shell;
 mod objects;
 mod pulls;
 
@@ -33,6 +34,7 @@ use crate::deploy::Deploy;
 use crate::report::{Cell, Check, ClusterOutcome, ClusterResult, Report, Row};
 
 pub use connect::{Connected, connect};
+pub use node_shell::{CommandShell, NodeShell};
 
 /// The exit code when no cluster is reachable: neither a pass (0) nor a
 /// failed check (1) nor a usage error (2).
@@ -143,6 +145,9 @@ pub struct SuiteOptions {
     pub registry: Option<String>,
     /// The namespace to install into; it must not exist yet.
     pub namespace: String,
+    /// `--node-shell`: how to run a command on a node (kind: `docker exec
+    /// {node}`), for the checks that look into nodes.
+    pub node_shell: Option<String>,
     /// How long each rollout (install, restart, cleanup) may take.
     pub deadline: Duration,
     /// How often the cluster is polled.
@@ -191,9 +196,11 @@ pub async fn run(options: &SuiteOptions) -> Result<Outcome> {
         "cluster {} answers: Kubernetes {}",
         connected.url, connected.version
     ));
-    let report = Suite::new(connected.client, options.clone(), connected.url)
-        .run()
-        .await?;
+    let mut suite = Suite::new(connected.client, options.clone(), connected.url);
+    if let Some(template) = &options.node_shell {
+        suite.shell = Some(std::sync::Arc::new(CommandShell::parse(template)?));
+    }
+    let report = suite.run().await?;
     Ok(Outcome::Ran(report))
 }
 
@@ -211,6 +218,8 @@ pub(crate) struct Suite {
     not_ready: BTreeMap<String, String>,
     /// Each node's architecture, as its kubelet reports it.
     architectures: BTreeMap<String, String>,
+    /// Into the nodes, where the cluster allows it.
+    shell: Option<std::sync::Arc<dyn NodeShell>>,
 }
 
 impl Suite {
@@ -230,6 +239,7 @@ impl Suite {
             created_namespace: false,
             not_ready: BTreeMap::new(),
             architectures: BTreeMap::new(),
+            shell: None,
         }
     }
 

@@ -68,6 +68,16 @@ pub fn pull_state(pod: &Pod) -> Pull {
     }
 }
 
+/// The iptables rule (after the chain) that rejects the node's connections
+/// to `registry` (`host:port`).
+fn registry_rule(registry: &str) -> Result<String> {
+    let (host, port) = registry
+        .rsplit_once(':')
+        .filter(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        .with_context(|| format!("--registry {registry:?}: expected HOST:PORT"))?;
+    Ok(format!("-p tcp -d {host} --dport {port} -j REJECT"))
+}
+
 /// A pod that pulls `image` on `node` and nothing else.
 fn probe_pod(name: &str, namespace: &str, node: &str, image: &str) -> Pod {
     Pod {
@@ -160,11 +170,33 @@ impl Suite {
         };
         let before = peer_bytes(&self.client).await?;
         let started = Instant::now();
+        let rule = registry_rule(&registry)?;
+        let shell = self.shell.clone();
+        let mut blocked = false;
         let pulled = async {
             self.probe_pull(&seed, &reference).await?;
+            // With a way into the node, the registry is out of its reach:
+            // only the peer can serve the pull.
+            if let Some(shell) = &shell {
+                shell
+                    .run(&puller, &format!("iptables -I OUTPUT {rule}"))
+                    .await?;
+                blocked = true;
+            }
             self.probe_pull(&puller, &reference).await
         }
         .await;
+        if let (Some(shell), true) = (&shell, blocked) {
+            shell
+                .run(&puller, &format!("iptables -D OUTPUT {rule}"))
+                .await
+                .with_context(|| format!("unblocking {registry} on {puller}"))?;
+        }
+        let with = if blocked {
+            format!(" with {registry} blocked on {puller}")
+        } else {
+            String::new()
+        };
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
         let _ = pods
             .delete_collection(
@@ -188,7 +220,7 @@ impl Suite {
                 if from_peers >= bytes as f64 {
                     Cell::pass(
                         format!(
-                            "{reference}: {:.1} MiB from a peer after {seed} pulled it",
+                            "{reference}: {:.1} MiB from a peer after {seed} pulled it{with}",
                             from_peers / MIB as f64
                         ),
                         Some(started.elapsed()),
@@ -265,6 +297,11 @@ mod tests {
             pull_state(&waiting("ImagePullBackOff")),
             Pull::Failed(_)
         ));
+        assert_eq!(
+            registry_rule("10.0.0.5:5000").unwrap(),
+            "-p tcp -d 10.0.0.5 --dport 5000 -j REJECT"
+        );
+        assert!(registry_rule("no-port").is_err());
         let probe = probe_pod("probe-a", "ns", "node-a", "r/x:1");
         assert_eq!(
             probe.spec.unwrap().node_name.as_deref(),

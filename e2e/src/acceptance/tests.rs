@@ -95,12 +95,51 @@ impl FakeApiServer {
     }
 }
 
+/// A test double of `--node-shell`: every node's hosts.toml is `hosts`,
+/// and every script is recorded.
+struct FakeShell {
+    hosts: String,
+    scripts: Mutex<Vec<(String, String)>>,
+}
+
+impl FakeShell {
+    fn new(hosts: &str) -> Arc<Self> {
+        Arc::new(FakeShell {
+            hosts: hosts.to_owned(),
+            scripts: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn scripts(&self) -> Vec<(String, String)> {
+        self.scripts.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl NodeShell for FakeShell {
+    async fn run(&self, node: &str, script: &str) -> anyhow::Result<String> {
+        self.scripts
+            .lock()
+            .unwrap()
+            .push((node.to_owned(), script.to_owned()));
+        Ok(if script.starts_with("cat ") {
+            self.hosts.clone()
+        } else {
+            String::new()
+        })
+    }
+}
+
+const AGENT_HOSTS_TOML: &str =
+    "[host.\"http://10.0.0.1:5000\"]\ncapabilities = [\"pull\", \"resolve\"]\n";
+
 fn options() -> SuiteOptions {
     SuiteOptions {
         kubeconfig: None,
         context: None,
         image: "registry.example/reflektor:test".to_owned(),
         registry: None,
+        node_shell: None,
         namespace: "reflektor-e2e-test".to_owned(),
         deadline: Duration::ZERO,
         poll: Duration::from_millis(1),
@@ -491,7 +530,22 @@ async fn a_second_node_pulls_the_test_image_through_its_peer() {
     let mut suite = suite(client, &["node-a", "node-b"]);
     suite.options.registry = Some(upstream.addr().to_string());
     suite.options.deadline = Duration::from_secs(5);
+    let shell = FakeShell::new("");
+    suite.shell = Some(shell.clone());
     suite.check_pull_through_peer().await.unwrap();
+    let rule = format!(
+        "-p tcp -d {} --dport {} -j REJECT",
+        upstream.addr().ip(),
+        upstream.addr().port()
+    );
+    assert_eq!(
+        shell.scripts(),
+        [
+            ("node-b".to_owned(), format!("iptables -I OUTPUT {rule}")),
+            ("node-b".to_owned(), format!("iptables -D OUTPUT {rule}")),
+        ],
+        "the registry blocked on the puller only, and unblocked after"
+    );
 
     let created: Vec<Value> = server
         .seen()
@@ -516,10 +570,11 @@ async fn a_second_node_pulls_the_test_image_through_its_peer() {
         digest.starts_with("sha256:") && media_type.contains("index"),
         "{media_type}"
     );
-    assert!(matches!(
-        suite.rows[1].cells.get(&KubeCheck::PullThroughPeer),
-        Some(Cell::Pass { .. })
-    ));
+    let Some(Cell::Pass { detail, .. }) = suite.rows[1].cells.get(&KubeCheck::PullThroughPeer)
+    else {
+        panic!("{:?}", suite.rows[1].cells);
+    };
+    assert!(detail.contains("blocked on node-b"), "{detail}");
     assert!(matches!(
         suite.rows[0].cells.get(&KubeCheck::PullThroughPeer),
         Some(Cell::NotRun { .. })
@@ -558,7 +613,15 @@ async fn a_rollout_restart_replaces_every_pod_and_each_rewrites_hosts_toml() {
         }
     });
     let mut suite = suite(client, &["node-a"]);
+    let shell = FakeShell::new(AGENT_HOSTS_TOML);
+    suite.shell = Some(shell.clone());
     suite.check_rollout_restart().await.unwrap();
+    assert!(
+        shell.scripts().iter().any(|(node, script)| node == "node-a"
+            && script == "cat '/etc/containerd/certs.d/_default/hosts.toml'"),
+        "{:?}",
+        shell.scripts()
+    );
     let patch = server
         .seen()
         .into_iter()
@@ -579,4 +642,23 @@ async fn a_rollout_restart_replaces_every_pod_and_each_rewrites_hosts_toml() {
         detail.contains("reflektor-new") && detail.contains("hosts.toml"),
         "{detail}"
     );
+    assert!(detail.contains("naming the agent every time"), "{detail}");
+}
+
+#[test]
+fn a_hosts_toml_that_does_not_name_the_agent_is_said_why() {
+    use super::agents::names_the_agent;
+    names_the_agent(AGENT_HOSTS_TOML, 5000).unwrap();
+    let other = names_the_agent("[host.\"https://registry-1.docker.io\"]\n", 5000);
+    assert!(
+        other
+            .unwrap_err()
+            .contains("no host entry for the agent's port 5000")
+    );
+    assert!(
+        names_the_agent("server = ", 5000)
+            .unwrap_err()
+            .contains("not TOML")
+    );
+    assert!(names_the_agent("", 5000).unwrap_err().contains("no [host"));
 }
