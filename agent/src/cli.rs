@@ -14,6 +14,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 use crate::duration::GoDuration;
+use crate::manifests::ContainerdPaths;
 use crate::mirror_config::{DialTimeout, MirrorTarget, MirroredRegistry};
 
 #[derive(Debug, Parser)]
@@ -512,6 +513,17 @@ pub enum Preset {
     K3s,
     /// The containerd embedded in rke2.
     Rke2,
+}
+
+impl Preset {
+    /// The containerd paths this distribution uses.
+    pub fn containerd_paths(self) -> ContainerdPaths {
+        match self {
+            Preset::Standard => ContainerdPaths::standard(),
+            Preset::K3s => ContainerdPaths::rancher("k3s"),
+            Preset::Rke2 => ContainerdPaths::rancher("rke2"),
+        }
+    }
 }
 
 /// `reflektor manifests`. None of these read the environment: a DaemonSet's

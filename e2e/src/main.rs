@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand};
+use reflektor::cli::Preset;
 use reflektor_e2e::agent::Reflektor;
 use reflektor_e2e::cluster::{self, ClusterSpec};
 use reflektor_e2e::deploy::Deploy;
@@ -99,6 +100,10 @@ enum Command {
         /// image-archive target/image/reflektor.oci.tar`).
         #[arg(long, default_value = concat!("ghcr.io/reflektor/reflektor:", env!("CARGO_PKG_VERSION")))]
         image: String,
+        /// Where the nodes run containerd: `k3s` and `rke2` have their own paths, as
+        /// `reflektor manifests --preset` knows them.
+        #[arg(long, value_enum, default_value = "standard")]
+        preset: Preset,
         /// A registry (HOST:PORT) this machine can push to and the nodes pull from (for kind:
         /// its local registry). With it, a test image is pushed there and pulled by two nodes,
         /// the second through its peer; without it, that check does not run.
@@ -184,6 +189,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             kubeconfig,
             context,
             image,
+            preset,
             registry,
             node_shell,
             namespace,
@@ -200,6 +206,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 kubeconfig,
                 context,
                 image,
+                containerd: preset.containerd_paths(),
                 registry,
                 node_shell,
                 namespace: namespace.unwrap_or_else(|| {

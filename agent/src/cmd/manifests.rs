@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail, ensure};
 use k8s_openapi::api::core::v1::Toleration;
 
-use crate::cli::{ManifestsArgs, Preset};
-use crate::manifests::{self, ContainerdPaths, Options, Ports};
+use crate::cli::ManifestsArgs;
+use crate::manifests::{self, Options, Ports};
 
 pub fn run(args: &ManifestsArgs) -> anyhow::Result<ExitCode> {
     let options = options(args)?;
@@ -32,11 +32,7 @@ pub fn run(args: &ManifestsArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn options(args: &ManifestsArgs) -> anyhow::Result<Options> {
-    let mut containerd = match args.preset {
-        Preset::Standard => ContainerdPaths::standard(),
-        Preset::K3s => ContainerdPaths::rancher("k3s"),
-        Preset::Rke2 => ContainerdPaths::rancher("rke2"),
-    };
+    let mut containerd = args.preset.containerd_paths();
     let overrides = [
         (
             &args.containerd_sock,

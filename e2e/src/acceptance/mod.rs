@@ -140,6 +140,8 @@ pub struct SuiteOptions {
     pub context: Option<String>,
     /// The agent's image, as the cluster's nodes can pull it.
     pub image: String,
+    /// Where the nodes run containerd (k3s and rke2 have their own).
+    pub containerd: reflektor::manifests::ContainerdPaths,
     /// A registry (`host:port`) the harness can push to and the nodes
     /// pull from, for the pull through a peer; `None` skips that check.
     pub registry: Option<String>,
@@ -227,6 +229,7 @@ impl Suite {
         let manifests = Options {
             namespace: options.namespace.clone(),
             image: options.image.clone(),
+            containerd: options.containerd.clone(),
             log_level: "debug".to_owned(),
             ..Options::default()
         };

@@ -138,6 +138,7 @@ fn options() -> SuiteOptions {
         kubeconfig: None,
         context: None,
         image: "registry.example/reflektor:test".to_owned(),
+        containerd: reflektor::manifests::ContainerdPaths::standard(),
         registry: None,
         node_shell: None,
         namespace: "reflektor-e2e-test".to_owned(),
