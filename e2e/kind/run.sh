@@ -67,5 +67,5 @@ status=0
 # kind's nodes are containers: the suite reads their hosts.toml, and blocks
 # a --registry you pass, through `docker exec`.
 cargo run -q -p reflektor-e2e -- kube --kubeconfig "$work/kubeconfig" --image "$image" \
-  --node-shell "docker exec {node}" --out target/e2e-kind "$@" || status=$?
+  --node-shell "docker exec -i {node}" --out target/e2e-kind "$@" || status=$?
 exit "$status"

@@ -83,12 +83,15 @@ enum Command {
     /// Run the acceptance suite against a real cluster: kind, k3s, rke2 or a managed one.
     ///
     /// Installs the generated manifests into a fresh namespace with server-side apply, waits
-    /// for the DaemonSet's rollout on every Linux node, checks that every agent has a peer
-    /// (through the API server's pod proxy) and that a deleted agent pod keeps its peer id,
-    /// then uninstalls through the cleanup path and deletes the namespace, on failure too.
-    /// Writes report.md, report.json and junit.xml into --out. Exit code 0 when every check
-    /// passed, 1 when one failed, 2 on a usage or setup error, 3 when no cluster is reachable
-    /// (nothing was checked).
+    /// for the DaemonSet's rollout on every Linux node, then checks that every agent has a peer
+    /// (through the API server's pod proxy), that a test image pushed to --registry reaches a
+    /// second node through its peer, that a deleted agent pod keeps its peer id, and that a
+    /// rollout restart rewrites hosts.toml (read on the nodes with --node-shell). Then it
+    /// uninstalls through the cleanup path and deletes the namespace, on failure and on the
+    /// first Ctrl-C too. Refuses a cluster where reflektor or Spegel already runs. Writes
+    /// report.md, report.json and junit.xml into --out. Exit code 0 when every check passed,
+    /// 1 when one failed, 2 on a usage or setup error (a wrong kubeconfig, context or
+    /// credentials), 3 when no cluster is reachable (nothing was checked).
     Kube {
         /// The kubeconfig to use [default: KUBECONFIG, ~/.kube/config, or in-cluster].
         #[arg(long, value_name = "FILE")]
@@ -104,20 +107,21 @@ enum Command {
         /// `reflektor manifests --preset` knows them.
         #[arg(long, value_enum, default_value = "standard")]
         preset: Preset,
-        /// A registry (HOST:PORT) this machine can push to and the nodes pull from (for kind:
-        /// its local registry). With it, a test image is pushed there and pulled by two nodes,
+        /// A registry this machine can push to and the nodes pull from: HOST:PORT (HTTPS), or
+        /// http://HOST:PORT (for kind: its local registry, http://localhost:5001). With it, a test image is pushed there and pulled by two nodes,
         /// the second through its peer; without it, that check does not run.
-        #[arg(long, value_name = "HOST:PORT")]
-        registry: Option<String>,
+        #[arg(long, value_name = "HOST:PORT", value_parser = parse_registry)]
+        registry: Option<acceptance::TestRegistry>,
         /// The namespace to install into; it must not exist [default: reflektor-e2e-<random>].
         #[arg(long)]
         namespace: Option<String>,
-        /// How to run a command on a node, with {node} for its name: "docker exec {node}" for
-        /// kind. With it, hosts.toml is read on every node throughout the rollout restart, and
+        /// How to run a shell on a node as root, with {node} for its name: "docker exec -i
+        /// {node}" for kind, "ssh root@{node}" elsewhere (the script goes to its standard input). With it, hosts.toml is read on every node throughout the rollout restart, and
         /// the registry is blocked on the node that pulls through its peer.
-        #[arg(long, value_name = "COMMAND")]
-        node_shell: Option<String>,
-        /// Seconds each rollout (install, pod replacement, cleanup) may take.
+        #[arg(long, value_name = "COMMAND", value_parser = acceptance::CommandShell::parse)]
+        node_shell: Option<acceptance::CommandShell>,
+        /// Seconds each wait may take: a rollout, a pod's replacement, a peer, a pull, the
+        /// cleanup Job.
         #[arg(long, value_name = "SECONDS", default_value_t = 300)]
         deadline: u64,
         /// Where the report goes.
@@ -134,14 +138,20 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let finish = |result: Result<ExitCode>| match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("reflektor-e2e: {error:#}");
+            ExitCode::from(2)
+        }
+    };
+    // What the cluster suite installed lives in the cluster, not in this
+    // process: it handles Ctrl-C itself, uninstalling first.
+    if matches!(cli.command, Command::Kube { .. }) {
+        return finish(run(cli).await);
+    }
     tokio::select! {
-        result = run(cli) => match result {
-            Ok(code) => code,
-            Err(error) => {
-                eprintln!("reflektor-e2e: {error:#}");
-                ExitCode::from(2)
-            }
-        },
+        result = run(cli) => finish(result),
         _ = tokio::signal::ctrl_c() => {
             // Returning drops the run: every node, agent and registry it
             // started is killed and its directory removed on the way out.
@@ -198,9 +208,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             if let Some(namespace) = &namespace {
                 acceptance::check_namespace(namespace)?;
-            }
-            if let Some(template) = &node_shell {
-                acceptance::CommandShell::parse(template)?;
             }
             let options = acceptance::SuiteOptions {
                 kubeconfig,
@@ -367,6 +374,10 @@ fn pod_images(agent: PathBuf, scratch: &std::path::Path) -> Result<PodImages> {
         agent,
         pause: pause.archive,
     })
+}
+
+fn parse_registry(given: &str) -> Result<acceptance::TestRegistry> {
+    acceptance::TestRegistry::parse(given)
 }
 
 /// A path inside the workspace, wherever the command runs from.

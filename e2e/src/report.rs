@@ -28,6 +28,8 @@ pub trait Check: Copy + Ord + std::fmt::Debug + Serialize + 'static {
     const ALL: &'static [Self];
     /// The report's title.
     const HEADING: &'static str;
+    /// What the table's words mean.
+    const LEGEND: &'static str;
 
     /// The name filters match and JSON and JUnit use.
     fn key(self) -> &'static str;
@@ -75,6 +77,9 @@ impl Check for Column {
         Column::Cleanup,
     ];
     const HEADING: &'static str = "reflektor compatibility report";
+    const LEGEND: &'static str = "`ok` passed, `expected` is a refusal the cluster file \
+        declares, `FAIL` gates the release, `unavailable` means this host cannot reach the \
+        package source, and any other word says why the check did not run on that node.";
 
     fn key(self) -> &'static str {
         match self {
@@ -415,12 +420,7 @@ impl<C: Check> Report<C> {
         for column in C::ALL {
             let _ = writeln!(md, "- **{}**: {}.", column.title(), column.meaning());
         }
-        let _ = writeln!(
-            md,
-            "\n`ok` passed, `expected` is a refusal the cluster file declares, `FAIL` gates \
-             the release, `unavailable` means this host cannot reach the package source, \
-             and any other word says why the check did not run on that node.\n"
-        );
+        let _ = writeln!(md, "\n{}\n", C::LEGEND);
         for cluster in &self.clusters {
             let _ = writeln!(md, "## Cluster `{}`\n", cluster.name);
             if !cluster.description.is_empty() {

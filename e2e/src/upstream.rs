@@ -69,6 +69,9 @@ pub struct PushedImage {
     pub by_digest: String,
 }
 
+/// How long one push may take: the largest test image is 256 MiB.
+const SKOPEO_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// `skopeo copy` from `source` (e.g. `oci:<dir>:<tag>`) to `by_tag`
 /// (`host:port/repo:tag`), digests kept, TLS not verified: the registries
 /// the harness pushes to are its own or a test registry.
@@ -81,11 +84,14 @@ pub async fn skopeo_copy(source: &str, by_tag: &str, multi_arch: bool) -> Result
         skopeo.args(["--multi-arch", "all"]);
     }
     skopeo.arg(source).arg(format!("docker://{by_tag}"));
-    let output = skopeo
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .with_context(|| format!("could not run {SKOPEO_BIN}; install Debian's skopeo package"))?;
+    // A registry that stops answering must not hang the run.
+    let output = tokio::time::timeout(
+        SKOPEO_TIMEOUT,
+        skopeo.stdin(Stdio::null()).kill_on_drop(true).output(),
+    )
+    .await
+    .with_context(|| format!("{skopeo:?} did not finish within {SKOPEO_TIMEOUT:?}"))?
+    .with_context(|| format!("could not run {SKOPEO_BIN}; install Debian's skopeo package"))?;
     ensure!(
         output.status.success(),
         "{skopeo:?} failed with {}:\n{}",

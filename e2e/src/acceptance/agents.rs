@@ -16,10 +16,9 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Client;
 use kube::api::{Api, DeleteParams, LogParams, Patch, PatchParams};
-use reflektor::manifests;
 
 use super::node_shell::NodeShell;
-use super::objects::{Workload, is_ready, pods_by_node};
+use super::objects::{is_ready, pods_by_node};
 use super::{KubeCheck, Suite, progress};
 use crate::report::Cell;
 
@@ -47,10 +46,12 @@ pub fn names_the_agent(text: &str, port: u16) -> Result<(), String> {
     }
 }
 
-/// What the hosts.toml watcher saw: reads per node, and each problem.
+/// What the hosts.toml watcher saw: reads per node, those that found no
+/// file, and each problem.
 #[derive(Debug, Default)]
 pub struct Watched {
     reads: BTreeMap<String, usize>,
+    missing: BTreeMap<String, usize>,
     problems: Vec<(String, String)>,
 }
 
@@ -73,6 +74,9 @@ impl Watched {
     }
 }
 
+/// What the watcher's script prints for a hosts.toml that is not there.
+const ABSENT: &str = "#absent";
+
 /// Reads `path` on every node through `shell`, every `poll`, until `stop`.
 async fn watch_hosts_toml(
     shell: Arc<dyn NodeShell>,
@@ -85,7 +89,12 @@ async fn watch_hosts_toml(
     let mut watched = Watched::default();
     loop {
         for node in &nodes {
-            let problem = match shell.run(node, &format!("cat '{path}'")).await {
+            let script = format!("if [ -e '{path}' ]; then cat '{path}'; else echo '{ABSENT}'; fi");
+            let problem = match shell.run(node, &script).await {
+                Ok(text) if text.trim() == ABSENT => {
+                    *watched.missing.entry(node.clone()).or_default() += 1;
+                    None
+                }
                 Ok(text) => names_the_agent(&text, port).err(),
                 Err(error) => Some(format!("{error:#}")),
             };
@@ -160,7 +169,7 @@ impl Suite {
     /// Every agent has a peer: a `Peers` cell per node. A one-node cluster
     /// has nobody to find, and says so.
     pub(super) async fn check_peers(&mut self) -> Result<()> {
-        let agent = Workload::daemonset(&manifests::install(&self.manifests), manifests::NAME)?;
+        let agent = self.agent.clone();
         let pods = pods_by_node(&self.client, &self.options.namespace, &agent.selector).await?;
         let port = self.manifests.ports.metrics;
         let alone = pods.len() < 2;
@@ -182,19 +191,23 @@ impl Suite {
                             );
                         }
                         _ if Instant::now() >= deadline => {
-                            let seen = match peers {
-                                Ok(peers) => format!("reflektor_peers is {peers}"),
-                                Err(error) => format!("{error:#}"),
-                            };
                             failed.push(node.clone());
-                            break Cell::Fail {
-                                detail: format!(
-                                    "no peer within {:?}: {seen}; check that the \
-                                     reflektor-bootstrap Service resolves in cluster DNS and that \
-                                     the router port is open between nodes",
-                                    self.options.deadline
+                            let detail = match peers {
+                                Ok(peers) => format!(
+                                    "no peer within {:?}: reflektor_peers is {peers}; check that \
+                                     the reflektor-bootstrap Service resolves in cluster DNS and \
+                                     that the router port ({}) is open between nodes",
+                                    self.options.deadline, self.manifests.ports.router
+                                ),
+                                // The agent may be fine: the API server could not reach it.
+                                Err(error) => format!(
+                                    "could not read the agent's metrics through the API server: \
+                                     {error:#}. The API server must reach the node's address on \
+                                     port {port} (a control plane firewalled from the nodes, as \
+                                     on private managed clusters, cannot)"
                                 ),
                             };
+                            break Cell::Fail { detail };
                         }
                         _ => tokio::time::sleep(self.options.poll).await,
                     }
@@ -211,7 +224,7 @@ impl Suite {
     /// One node's agent pod is deleted; the pod that replaces it must log
     /// the same peer id, kept in the hostPath data directory.
     pub(super) async fn check_identity(&mut self) -> Result<()> {
-        let agent = Workload::daemonset(&manifests::install(&self.manifests), manifests::NAME)?;
+        let agent = self.agent.clone();
         let namespace = self.options.namespace.clone();
         let before = pods_by_node(&self.client, &namespace, &agent.selector).await?;
         let Some((node, pod)) = before.into_iter().next() else {
@@ -285,15 +298,12 @@ impl Suite {
     /// container having rewritten hosts.toml for the agent (read from its
     /// log: the suite reaches the nodes only through the API server).
     pub(super) async fn check_rollout_restart(&mut self) -> Result<()> {
-        let agent = Workload::daemonset(&manifests::install(&self.manifests), manifests::NAME)?;
+        let agent = self.agent.clone();
         let namespace = self.options.namespace.clone();
         let before = pods_by_node(&self.client, &namespace, &agent.selector).await?;
         let daemonsets: Api<DaemonSet> = Api::namespaced(self.client.clone(), &namespace);
         // Any new value restarts the pods; kubectl writes the time.
-        let restarted_at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-            .to_string();
+        let restarted_at = super::unix_now().to_string();
         let patch = serde_json::json!({"spec": {"template": {"metadata": {"annotations": {
             "kubectl.kubernetes.io/restartedAt": restarted_at}}}}});
         daemonsets
@@ -345,8 +355,21 @@ impl Suite {
                         ..LogParams::default()
                     },
                 )
-                .await
-                .with_context(|| format!("reading the init container's log of pod {name}"))?;
+                .await;
+            let log = match log {
+                Ok(log) => log,
+                Err(error) => {
+                    failed.push(node.clone());
+                    let cell = Cell::Fail {
+                        detail: format!(
+                            "could not read the configuration container's log of pod {name}: \
+                             {error}"
+                        ),
+                    };
+                    self.record(node, KubeCheck::Restart, cell);
+                    continue;
+                }
+            };
             let wrote: Vec<&str> = log
                 .lines()
                 .filter(|line| line.contains("wrote ") && line.contains("hosts.toml"))
@@ -381,6 +404,42 @@ impl Suite {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The watcher's script run by a real shell: a file that is there and
+    /// names the agent, then one that is gone, are told apart.
+    #[tokio::test]
+    async fn the_watcher_tells_a_missing_hosts_toml_from_a_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts.toml");
+        std::fs::write(&path, "[host.\"http://10.0.0.1:5000\"]\n").unwrap();
+        let shell: Arc<dyn NodeShell> =
+            Arc::new(super::super::CommandShell::parse("env NODE={node}").unwrap());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let watcher = tokio::spawn(watch_hosts_toml(
+            shell,
+            vec!["node-a".to_owned()],
+            path.display().to_string(),
+            5000,
+            Duration::from_millis(10),
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        std::fs::remove_file(&path).unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        std::fs::write(&path, "[host.\"https://elsewhere\"]\n").unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        stop.cancel();
+        let watched = watcher.await.unwrap();
+        assert!(
+            watched.missing.get("node-a").copied().unwrap_or(0) > 0,
+            "{watched:?}"
+        );
+        let error = watched.verdict("node-a").unwrap_err();
+        assert!(
+            error.contains("no host entry for the agent's port 5000"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn metrics_are_read_by_name_not_prefix() {

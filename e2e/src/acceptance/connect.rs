@@ -25,6 +25,10 @@ pub struct Connected {
 pub struct Unreachable {
     pub cluster: String,
     pub reason: String,
+    /// Nothing answered (or nothing is configured at all), as opposed to a
+    /// kubeconfig, context or credentials the user must fix: only the
+    /// first makes a run "unavailable" rather than an error.
+    pub nothing_there: bool,
 }
 
 /// The cluster `kubeconfig` names (or `KUBECONFIG`, `~/.kube/config`, the
@@ -44,29 +48,42 @@ pub async fn connect(
     let unreachable = |cluster: &str, reason: String| Unreachable {
         cluster: cluster.to_owned(),
         reason,
+        nothing_there: true,
+    };
+    let misconfigured = |cluster: &str, reason: String| Unreachable {
+        cluster: cluster.to_owned(),
+        reason,
+        nothing_there: false,
     };
     let config = match kubeconfig {
         Some(path) => {
-            let file = Kubeconfig::read_from(path)
-                .map_err(|e| unreachable(&source, format!("cannot read the kubeconfig: {e}")))?;
+            let file = Kubeconfig::read_from(path).map_err(|e| {
+                misconfigured(
+                    &source,
+                    format!("cannot read the kubeconfig --kubeconfig names: {e}"),
+                )
+            })?;
             Config::from_custom_kubeconfig(file, &options)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(|e| misconfigured(&source, format!("no usable cluster in it: {e}")))
         }
         None if context.is_some() => Config::from_kubeconfig(&options)
             .await
-            .map_err(|e| e.to_string()),
-        None => Config::infer().await.map_err(|e| e.to_string()),
+            .map_err(|e| misconfigured(&source, format!("no usable cluster in it: {e}"))),
+        // Nothing configured at all: no cluster here.
+        None => Config::infer()
+            .await
+            .map_err(|e| unreachable(&source, format!("no cluster configured: {e}"))),
     };
-    let mut config = config.map_err(|reason| {
-        unreachable(&source, format!("no usable cluster configured: {reason}"))
-    })?;
+    let mut config = config?;
     let url = config.cluster_url.to_string();
     // Fail fast where nothing listens; the suite's own steps have deadlines.
     config.connect_timeout = Some(Duration::from_secs(5));
     config.read_timeout = Some(Duration::from_secs(60));
+    // Else a pooled connection's idle time counts against the next answer.
+    config.reset_reader_on_write = true;
     let client = Client::try_from(config)
-        .map_err(|e| unreachable(&url, format!("cannot build a client: {e}")))?;
+        .map_err(|e| misconfigured(&url, format!("cannot build a client: {e}")))?;
     let version = match tokio::time::timeout(PROBE, client.apiserver_version()).await {
         Err(_) => {
             return Err(unreachable(
@@ -74,8 +91,9 @@ pub async fn connect(
                 format!("the API server did not answer /version within {PROBE:?}"),
             ));
         }
+        // It answered: the credentials are what to fix.
         Ok(Err(kube::Error::Api(status))) => {
-            return Err(unreachable(
+            return Err(misconfigured(
                 &url,
                 format!(
                     "the API server answered /version with {} {}: {}; check the \
@@ -128,6 +146,7 @@ mod tests {
             "{unreachable:?}"
         );
         assert!(unreachable.reason.contains("no answer"), "{unreachable:?}");
+        assert!(unreachable.nothing_there);
     }
 
     #[tokio::test]

@@ -35,6 +35,7 @@ use crate::report::{Cell, Check, ClusterOutcome, ClusterResult, Report, Row};
 
 pub use connect::{Connected, connect};
 pub use node_shell::{CommandShell, NodeShell};
+pub use pulls::TestRegistry;
 
 /// The exit code when no cluster is reachable: neither a pass (0) nor a
 /// failed check (1) nor a usage error (2).
@@ -64,6 +65,8 @@ impl Check for KubeCheck {
         KubeCheck::Cleanup,
     ];
     const HEADING: &'static str = "reflektor cluster acceptance report";
+    const LEGEND: &'static str = "`ok` passed, `FAIL` failed, and any other word says why the \
+        check did not run on that node.";
 
     fn key(self) -> &'static str {
         match self {
@@ -123,15 +126,6 @@ impl Check for KubeCheck {
     }
 }
 
-#[cfg(test)]
-#[test]
-fn namespaces_are_checked_before_anything_is_sent() {
-    check_namespace("reflektor-e2e-1a2b3c").unwrap();
-    for bad in ["", "Reflektor", "-x", "x-", "a_b", &"x".repeat(64)] {
-        assert!(check_namespace(bad).is_err(), "{bad:?}");
-    }
-}
-
 /// What to run against.
 #[derive(Debug, Clone)]
 pub struct SuiteOptions {
@@ -142,14 +136,14 @@ pub struct SuiteOptions {
     pub image: String,
     /// Where the nodes run containerd (k3s and rke2 have their own).
     pub containerd: reflektor::manifests::ContainerdPaths,
-    /// A registry (`host:port`) the harness can push to and the nodes
-    /// pull from, for the pull through a peer; `None` skips that check.
-    pub registry: Option<String>,
+    /// A registry the harness can push to and the nodes pull from, for the
+    /// pull through a peer; `None` skips that check.
+    pub registry: Option<pulls::TestRegistry>,
     /// The namespace to install into; it must not exist yet.
     pub namespace: String,
     /// `--node-shell`: how to run a command on a node (kind: `docker exec
     /// {node}`), for the checks that look into nodes.
-    pub node_shell: Option<String>,
+    pub node_shell: Option<CommandShell>,
     /// How long each rollout (install, restart, cleanup) may take.
     pub deadline: Duration,
     /// How often the cluster is polled.
@@ -187,20 +181,21 @@ pub enum Outcome {
 pub async fn run(options: &SuiteOptions) -> Result<Outcome> {
     let connected = match connect(options.kubeconfig.as_deref(), options.context.as_deref()).await {
         Ok(connected) => connected,
-        Err(unreachable) => {
+        Err(unreachable) if unreachable.nothing_there => {
             return Ok(Outcome::Unavailable {
                 cluster: unreachable.cluster,
                 reason: unreachable.reason,
             });
         }
+        Err(wrong) => anyhow::bail!("{}: {}", wrong.cluster, wrong.reason),
     };
     progress(&format!(
         "cluster {} answers: Kubernetes {}",
         connected.url, connected.version
     ));
     let mut suite = Suite::new(connected.client, options.clone(), connected.url);
-    if let Some(template) = &options.node_shell {
-        suite.shell = Some(std::sync::Arc::new(CommandShell::parse(template)?));
+    if let Some(shell) = &options.node_shell {
+        suite.shell = Some(std::sync::Arc::new(shell.clone()));
     }
     let report = suite.run().await?;
     Ok(Outcome::Ran(report))
@@ -212,6 +207,8 @@ pub(crate) struct Suite {
     options: SuiteOptions,
     cluster: String,
     manifests: Options,
+    /// The agent's DaemonSet in those manifests.
+    agent: objects::Workload,
     rows: Vec<Row<KubeCheck>>,
     /// Whether this run created the namespace, and so may delete it: never
     /// one that was there before.
@@ -226,18 +223,34 @@ pub(crate) struct Suite {
 
 impl Suite {
     pub(crate) fn new(client: Client, options: SuiteOptions, cluster: String) -> Self {
-        let manifests = Options {
+        let mut manifests = Options {
             namespace: options.namespace.clone(),
             image: options.image.clone(),
             containerd: options.containerd.clone(),
             log_level: "debug".to_owned(),
             ..Options::default()
         };
+        // A registry with a certs.d directory of its own (kind's local one
+        // has) is not `_default`'s: name it, and keep what its directory
+        // says after the agent.
+        if let Some(registry) = &options.registry {
+            manifests.mirrored_registries = ["_default", registry.url.as_str()]
+                .iter()
+                .filter_map(|r| r.parse().ok())
+                .collect();
+            manifests.prepend_existing = true;
+        }
+        let agent = objects::Workload::daemonset(
+            &reflektor::manifests::install(&manifests),
+            reflektor::manifests::NAME,
+        )
+        .expect("the generated install has the agent's DaemonSet, selecting its pods by label");
         Suite {
             client,
             options,
             cluster,
             manifests,
+            agent,
             rows: Vec::new(),
             created_namespace: false,
             not_ready: BTreeMap::new(),
@@ -248,13 +261,26 @@ impl Suite {
 
     async fn run(mut self) -> Result<Report<KubeCheck>> {
         let started = Instant::now();
-        let started_unix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let started_unix = unix_now();
         self.node_rows().await?;
-        let checked = self.install_and_check().await;
+        let checked = tokio::select! {
+            checked = self.install_and_check() => checked,
+            _ = tokio::signal::ctrl_c() => {
+                progress("interrupted: uninstalling what the suite installed; Ctrl-C again leaves it");
+                Err(anyhow::anyhow!("interrupted by Ctrl-C"))
+            }
+        };
         // Whatever happened, nothing the suite created stays behind.
-        let removed = self.uninstall().await;
+        let namespace = self.options.namespace.clone();
+        let removed = tokio::select! {
+            removed = self.uninstall() => removed,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!(
+                "interrupted again during the uninstall: namespace {namespace} and the nodes' \
+                 hosts.toml are left as they are. To clean up: `reflektor manifests --cleanup \
+                 --namespace {namespace} | kubectl apply -f -`, wait for the \
+                 reflektor-cleanup-wait Job, then `kubectl delete namespace {namespace}`"
+            )),
+        };
         let outcome = match (&checked, &removed) {
             (Ok(()), Ok(())) => ClusterOutcome::Ran,
             (Err(error), _) | (Ok(()), Err(error)) => ClusterOutcome::Failed {
@@ -293,7 +319,9 @@ impl Suite {
             .context("listing the cluster's Linux nodes")?;
         anyhow::ensure!(
             !list.items.is_empty(),
-            "the cluster has no node labelled kubernetes.io/os=linux, where the agent runs"
+            "the cluster has no node labelled kubernetes.io/os=linux, where the agent runs (its \
+             DaemonSet's nodeSelector); kubelet sets that label on Linux nodes, so check that the \
+             kubeconfig points at the cluster you mean"
         );
         let policy = ContainerdPolicy::new();
         let mut rows = Vec::new();
@@ -341,7 +369,14 @@ impl Suite {
                         reflektor::version::VerdictKind::TooOld => Cell::Fail {
                             detail: verdict.message,
                         },
-                        _ => Cell::pass(verdict.message, None),
+                        // The agent goes on and judges by containerd's
+                        // config; the version alone proves nothing.
+                        reflektor::version::VerdictKind::Unknown => {
+                            Cell::not_run("unknown", verdict.message)
+                        }
+                        reflektor::version::VerdictKind::Supported => {
+                            Cell::pass(verdict.message, None)
+                        }
                     };
                     row.cells.insert(KubeCheck::Verdict, cell);
                 }
@@ -381,6 +416,13 @@ impl Suite {
             .unwrap_or_else(|| "amd64".to_owned())
     }
 
+    /// The same not-run cell for `check` on every node.
+    fn not_run_everywhere(&mut self, check: KubeCheck, short: &str, reason: &str) {
+        for row in &mut self.rows {
+            row.cells.insert(check, Cell::not_run(short, reason));
+        }
+    }
+
     fn row_mut(&mut self, node: &str) -> Option<&mut Row<KubeCheck>> {
         self.rows.iter_mut().find(|row| row.node == node)
     }
@@ -412,7 +454,14 @@ impl Suite {
 
 /// One progress line on stderr.
 fn progress(line: &str) {
-    eprintln!("[kube] {line}");
+    crate::matrix::progress("kube", line);
+}
+
+/// Seconds since the Unix epoch.
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -420,3 +469,12 @@ use reflektor::manifests::install as install_objects;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+#[test]
+fn namespaces_are_checked_before_anything_is_sent() {
+    check_namespace("reflektor-e2e-1a2b3c").unwrap();
+    for bad in ["", "Reflektor", "-x", "x-", "a_b", &"x".repeat(64)] {
+        assert!(check_namespace(bad).is_err(), "{bad:?}");
+    }
+}

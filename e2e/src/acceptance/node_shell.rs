@@ -15,8 +15,11 @@ pub trait NodeShell: Send + Sync {
     async fn run(&self, node: &str, script: &str) -> Result<String>;
 }
 
-/// `--node-shell`: a command line with `{node}` in it, to which
-/// `sh -c <script>` is appended, e.g. `docker exec {node}`.
+/// `--node-shell`: a command line with `{node}` in it, to which `sh -s` is
+/// appended, the script going in on its standard input: `docker exec -i
+/// {node}`, `ssh root@{node}`. Not `sh -c <script>`: ssh joins its
+/// arguments into one line for the remote shell, which would split the
+/// script apart.
 #[derive(Debug, Clone)]
 pub struct CommandShell {
     template: Vec<String>,
@@ -28,18 +31,18 @@ impl CommandShell {
         ensure!(
             template.iter().any(|word| word.contains("{node}")),
             "--node-shell {:?} does not name the node; expected a command with {{node}} in \
-             it, e.g. \"docker exec {{node}}\" for kind",
+             it, e.g. \"docker exec -i {{node}}\" for kind or \"ssh root@{{node}}\"",
             template.join(" ")
         );
         Ok(CommandShell { template })
     }
 
-    /// The command line for `script` on `node`.
-    pub fn argv(&self, node: &str, script: &str) -> Vec<String> {
+    /// The command line for `node`; the script goes to its standard input.
+    pub fn argv(&self, node: &str) -> Vec<String> {
         self.template
             .iter()
             .map(|word| word.replace("{node}", node))
-            .chain(["sh".to_owned(), "-c".to_owned(), script.to_owned()])
+            .chain(["sh".to_owned(), "-s".to_owned()])
             .collect()
     }
 }
@@ -47,13 +50,22 @@ impl CommandShell {
 #[async_trait]
 impl NodeShell for CommandShell {
     async fn run(&self, node: &str, script: &str) -> Result<String> {
-        let argv = self.argv(node, script);
-        let output = tokio::process::Command::new(&argv[0])
+        use tokio::io::AsyncWriteExt;
+        let argv = self.argv(node);
+        let mut child = tokio::process::Command::new(&argv[0])
             .args(&argv[1..])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .await
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
             .with_context(|| format!("running {:?} for node {node}", argv[0]))?;
+        let mut stdin = child.stdin.take().context("the shell's standard input")?;
+        stdin.write_all(script.as_bytes()).await?;
+        drop(stdin);
+        let output = tokio::time::timeout(TIMEOUT, child.wait_with_output())
+            .await
+            .with_context(|| format!("on {node}, `{script}` did not end within {TIMEOUT:?}"))??;
         if !output.status.success() {
             bail!(
                 "on {node}, `{script}` exited {}: {}",
@@ -65,6 +77,9 @@ impl NodeShell for CommandShell {
     }
 }
 
+/// How long one command on a node may take: they are `cat` and `iptables`.
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,11 +88,15 @@ mod tests {
     async fn the_template_names_the_node_and_runs_the_script() {
         let shell = CommandShell::parse("env NODE={node}").unwrap();
         assert_eq!(
-            shell.argv("kind-worker", "cat /x"),
-            ["env", "NODE=kind-worker", "sh", "-c", "cat /x"]
+            shell.argv("kind-worker"),
+            ["env", "NODE=kind-worker", "sh", "-s"]
         );
-        let out = shell.run("kind-worker", "echo $NODE").await.unwrap();
-        assert_eq!(out.trim(), "kind-worker");
+        // A script with quotes and spaces arrives whole.
+        let out = shell
+            .run("kind-worker", "echo \"$NODE\" 'a  b'")
+            .await
+            .unwrap();
+        assert_eq!(out.trim(), "kind-worker a  b");
         let error = shell.run("kind-worker", "echo no >&2; exit 3").await;
         assert!(format!("{:#}", error.unwrap_err()).contains("no"));
         assert!(CommandShell::parse("docker exec").is_err());

@@ -13,7 +13,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service, ServiceAccount};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, LogParams, Patch,
-    PatchParams,
+    PatchParams, PostParams,
 };
 use kube::{Client, Resource};
 use reflektor::manifests::{self, Object};
@@ -44,7 +44,11 @@ pub async fn apply(client: &Client, object: &Object) -> Result<()> {
             // A CRD of the Prometheus operator: no k8s-openapi type.
             let gvk = GroupVersionKind::gvk("monitoring.coreos.com", "v1", "ServiceMonitor");
             let resource = ApiResource::from_gvk_with_plural(&gvk, "servicemonitors");
-            let namespace = o.metadata.namespace.as_deref().unwrap_or("default");
+            let namespace = o
+                .metadata
+                .namespace
+                .as_deref()
+                .context("a generated ServiceMonitor without a namespace")?;
             let api: Api<DynamicObject> =
                 Api::namespaced_with(client.clone(), namespace, &resource);
             let name = o.metadata.name.as_deref().unwrap_or_default();
@@ -99,22 +103,49 @@ pub fn rolled_out(daemonset: &DaemonSet) -> bool {
         && status.number_ready == status.desired_number_scheduled
 }
 
-/// Each node's pod of the DaemonSet whose pods carry `selector`, by node.
+/// Every pod carrying `selector`, terminating ones included.
+pub async fn pods(client: &Client, namespace: &str, selector: &str) -> Result<Vec<Pod>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    Ok(pods
+        .list(&ListParams::default().labels(selector))
+        .await
+        .with_context(|| format!("listing pods {selector} in {namespace}"))?
+        .items)
+}
+
+/// The node a DaemonSet's pod is for: where it runs, or, before the
+/// scheduler has bound it, the node its affinity names (the DaemonSet
+/// controller pins each pod to one node by `metadata.name`).
+pub fn node_of(pod: &Pod) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    if let Some(node) = &spec.node_name {
+        return Some(node.clone());
+    }
+    spec.affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms
+        .iter()
+        .flat_map(|term| term.match_fields.iter().flatten())
+        .find(|field| field.key == "metadata.name")
+        .and_then(|field| field.values.as_ref()?.first().cloned())
+}
+
+/// Each node's pod of the DaemonSet whose pods carry `selector`, by node;
+/// pods on their way out are left out.
 pub async fn pods_by_node(
     client: &Client,
     namespace: &str,
     selector: &str,
 ) -> Result<BTreeMap<String, Pod>> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let list = pods
-        .list(&ListParams::default().labels(selector))
-        .await
-        .with_context(|| format!("listing pods {selector} in {namespace}"))?;
-    Ok(list
-        .items
+    Ok(pods(client, namespace, selector)
+        .await?
         .into_iter()
         .filter(|pod| pod.metadata.deletion_timestamp.is_none())
-        .filter_map(|pod| Some((pod.spec.as_ref()?.node_name.clone()?, pod)))
+        .filter_map(|pod| Some((node_of(&pod)?, pod)))
         .collect())
 }
 
@@ -143,6 +174,18 @@ pub async fn why_not_ready(client: &Client, pod: &Pod) -> String {
         "pod {name} is {}",
         status.phase.as_deref().unwrap_or("Unknown")
     )];
+    let unscheduled = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status != "True");
+    if let Some(condition) = unscheduled {
+        parts.push(format!(
+            "not scheduled: {} {}",
+            condition.reason.as_deref().unwrap_or(""),
+            condition.message.as_deref().unwrap_or("")
+        ));
+    }
     let containers = status
         .init_container_statuses
         .iter()
@@ -205,22 +248,58 @@ impl Suite {
             objects.len(),
             self.namespace()
         ));
+        self.refuse_beside_another_install().await?;
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        if namespaces.get_opt(self.namespace()).await?.is_some() {
-            bail!(
-                "namespace {} already exists; the suite installs into a fresh one and deletes it \
-                 afterwards. Fix: pass another --namespace, or delete that one",
-                self.namespace()
-            );
-        }
         for object in &objects {
-            apply(&self.client, object).await?;
-            if matches!(object, Object::Namespace(_)) {
-                self.created_namespace = true;
+            match object {
+                // Created, not applied: an apply would take over a
+                // namespace someone else made meanwhile, and the uninstall
+                // would delete it.
+                Object::Namespace(namespace) => {
+                    match namespaces.create(&PostParams::default(), namespace).await {
+                        Ok(_) => self.created_namespace = true,
+                        Err(kube::Error::Api(status)) if status.is_already_exists() => bail!(
+                            "namespace {} already exists; the suite installs into a fresh one \
+                             and deletes it afterwards. Fix: pass another --namespace, or \
+                             delete that one",
+                            self.namespace()
+                        ),
+                        Err(error) => {
+                            return Err(error).with_context(|| {
+                                format!("creating namespace {}", self.namespace())
+                            });
+                        }
+                    }
+                }
+                _ => apply(&self.client, object).await?,
             }
         }
-        let agent = Workload::daemonset(&objects, manifests::NAME)?;
+        let agent = self.agent.clone();
         self.wait_rollout(&agent, KubeCheck::Installed).await
+    }
+
+    /// Refuses a cluster where reflektor or Spegel already runs: the suite's
+    /// agents would want the same host ports, and its uninstall would
+    /// restore the same certs.d backup, undoing that install's mirrors.
+    async fn refuse_beside_another_install(&self) -> Result<()> {
+        let daemonsets: Api<DaemonSet> = Api::all(self.client.clone());
+        for name in [manifests::NAME, "spegel"] {
+            let found = daemonsets
+                .list(&ListParams::default().labels(&format!("app.kubernetes.io/name={name}")))
+                .await
+                .with_context(|| format!("looking for DaemonSets of {name} in every namespace"))?;
+            if let Some(existing) = found.items.first() {
+                bail!(
+                    "{name} already runs on this cluster (DaemonSet {}/{}); the suite's agents \
+                     would want its host ports, and the suite's uninstall would restore the \
+                     certs.d backup it shares, removing that install's mirrors. Fix: run the \
+                     suite on a cluster without it",
+                    existing.metadata.namespace.as_deref().unwrap_or_default(),
+                    existing.metadata.name.as_deref().unwrap_or_default()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Polls the DaemonSet `name` until it has rolled out or the deadline
@@ -309,41 +388,53 @@ impl Suite {
 
     /// Uninstalls as the README says: the agent's DaemonSet deleted, the
     /// cleanup path applied and waited for (a `Cleanup` cell per node),
-    /// then the namespace deleted with everything in it.
+    /// then the namespace deleted with everything in it. Only a namespace
+    /// this run created is touched; where the cleanup fails, the namespace
+    /// is kept, since its cleanup DaemonSet may still be restoring nodes.
     pub(super) async fn uninstall(&mut self) -> Result<()> {
         if !self.created_namespace {
             return Ok(());
         }
-        let daemonsets: Api<DaemonSet> = Api::namespaced(self.client.clone(), self.namespace());
-        let installed = daemonsets.get_opt(manifests::NAME).await?.is_some();
-        let cleaned = if installed {
-            self.clean_nodes().await
-        } else {
-            Ok(())
-        };
+        let namespace = self.namespace().to_owned();
+        let daemonsets: Api<DaemonSet> = Api::namespaced(self.client.clone(), &namespace);
+        // A failed read counts as installed: better one cleanup too many.
+        let installed = !matches!(daemonsets.get_opt(&self.agent.name).await, Ok(None));
+        if installed && let Err(error) = self.clean_nodes().await {
+            return Err(error.context(format!(
+                "the nodes may still point at the agent, so namespace {namespace} is kept with \
+                 the cleanup in it: wait for Job reflektor-cleanup-wait there, then `kubectl \
+                 delete namespace {namespace}`"
+            )));
+        }
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let deleted = match namespaces
-            .delete(self.namespace(), &DeleteParams::background())
+        match namespaces
+            .delete(&namespace, &DeleteParams::background())
             .await
         {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
-            Err(error) => {
-                Err(error).with_context(|| format!("deleting namespace {}", self.namespace()))
+            Ok(_) => {
+                progress(&format!("namespace {namespace} deleted"));
+                Ok(())
             }
-        };
-        progress(&format!("namespace {} deleted", self.namespace()));
-        cleaned.and(deleted)
+            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
+            Err(error) => Err(error).with_context(|| format!("deleting namespace {namespace}")),
+        }
     }
 
     async fn clean_nodes(&mut self) -> Result<()> {
-        let agent = Workload::daemonset(&manifests::install(&self.manifests), manifests::NAME)?;
+        let agent = self.agent.clone();
         let daemonsets: Api<DaemonSet> = Api::namespaced(self.client.clone(), self.namespace());
-        daemonsets
+        match daemonsets
             .delete(&agent.name, &DeleteParams::foreground())
             .await
-            .with_context(|| format!("deleting DaemonSet {}", agent.name))?;
-        self.wait_gone(&agent.selector).await?;
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.is_not_found() => {}
+            Err(error) => {
+                return Err(error).with_context(|| format!("deleting DaemonSet {}", agent.name));
+            }
+        }
+        // The cleanup goes on even if agents linger: their nodes need it most.
+        let gone = self.wait_gone(&agent.selector).await;
         let objects = manifests::uninstall(&self.manifests);
         for object in &objects {
             apply(&self.client, object).await?;
@@ -364,22 +455,36 @@ impl Suite {
                 _ => None,
             })
             .context("the uninstall has no Job")?;
-        self.wait_job(&job).await
+        // A node's cleanup passes only once the Job has seen every node clean.
+        if let Err(error) = self.wait_job(&job).await {
+            let why = format!("its cleanup pod was Ready, but {error:#}");
+            for row in &mut self.rows {
+                if let Some(cell @ Cell::Pass { .. }) = row.cells.get_mut(&KubeCheck::Cleanup) {
+                    *cell = Cell::Fail {
+                        detail: why.clone(),
+                    };
+                }
+            }
+            return Err(error);
+        }
+        gone
     }
 
-    /// Waits until no pod matches `selector`.
+    /// Waits until no pod matches `selector`, terminating ones included.
     async fn wait_gone(&self, selector: &str) -> Result<()> {
         let deadline = Instant::now() + self.options.deadline;
         loop {
-            let left = pods_by_node(&self.client, self.namespace(), selector).await?;
+            let left = pods(&self.client, self.namespace(), selector).await?;
             if left.is_empty() {
                 return Ok(());
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "pods {selector} still run {:?} after their DaemonSet was deleted: on {:?}",
+                    "pods {selector} still exist {:?} after their DaemonSet was deleted: {:?}",
                     self.options.deadline,
-                    left.keys().collect::<Vec<_>>()
+                    left.iter()
+                        .filter_map(|pod| pod.metadata.name.clone())
+                        .collect::<Vec<_>>()
                 );
             }
             tokio::time::sleep(self.options.poll).await;
@@ -425,6 +530,7 @@ impl Suite {
 }
 
 /// A generated DaemonSet: its name, and the label selector of its pods.
+#[derive(Debug, Clone)]
 pub struct Workload {
     pub name: String,
     pub selector: String,

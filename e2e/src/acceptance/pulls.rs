@@ -7,15 +7,15 @@
 //! the container ("no command specified"). The pull is all that is
 //! measured, so that failure is the expected end of each probe pod.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, Toleration};
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
-use reflektor::manifests;
 
 use super::agents::{metric, metrics};
-use super::objects::{Workload, pods_by_node};
+use super::objects::pods_by_node;
 use super::{KubeCheck, Suite, progress};
 use crate::image::{LayerSpec, OciLayout, Platform};
 use crate::report::Cell;
@@ -68,14 +68,59 @@ pub fn pull_state(pod: &Pod) -> Pull {
     }
 }
 
-/// The iptables rule (after the chain) that rejects the node's connections
-/// to `registry` (`host:port`).
-fn registry_rule(registry: &str) -> Result<String> {
-    let (host, port) = registry
-        .rsplit_once(':')
-        .filter(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-        .with_context(|| format!("--registry {registry:?}: expected HOST:PORT"))?;
-    Ok(format!("-p tcp -d {host} --dport {port} -j REJECT"))
+/// `--registry`: where the test image goes, as the nodes reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestRegistry {
+    /// With its scheme, as `--mirrored-registries` takes it.
+    pub url: String,
+    /// `host:port`, as image references name it.
+    pub host_port: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl TestRegistry {
+    /// `host:port` (HTTPS) or `http://host:port` / `https://host:port`.
+    pub fn parse(given: &str) -> Result<Self> {
+        let (scheme, rest) = match given.split_once("://") {
+            Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
+            Some((other, _)) => {
+                bail!("--registry {given:?}: scheme {other:?} is not http or https")
+            }
+            None => ("https", given),
+        };
+        let host_port = rest.trim_end_matches('/');
+        let (host, port) = host_port
+            .rsplit_once(':')
+            .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+            .filter(|(host, _)| !host.is_empty() && !host.contains('/'))
+            .with_context(|| {
+                format!("--registry {given:?}: expected HOST:PORT, or http://HOST:PORT for a plain-HTTP registry")
+            })?;
+        Ok(TestRegistry {
+            url: format!("{scheme}://{host_port}"),
+            host_port: host_port.to_owned(),
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    /// Whether the address means each node itself (kind's `localhost:5001`),
+    /// where blocking it on a node would block nothing the test means.
+    fn is_loopback(&self) -> bool {
+        self.host == "localhost"
+            || self
+                .host
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
+    /// The iptables rule (after the chain) that rejects a node's
+    /// connections to the registry.
+    fn reject_rule(&self) -> String {
+        format!("-p tcp -d {} --dport {} -j REJECT", self.host, self.port)
+    }
 }
 
 /// A pod that pulls `image` on `node` and nothing else.
@@ -110,31 +155,36 @@ fn probe_pod(name: &str, namespace: &str, node: &str, image: &str) -> Pod {
 impl Suite {
     pub(super) async fn check_pull_through_peer(&mut self) -> Result<()> {
         let Some(registry) = self.options.registry.clone() else {
-            for row in &mut self.rows {
-                row.cells.insert(
-                    KubeCheck::PullThroughPeer,
-                    Cell::not_run(
-                        "no registry",
-                        "no --registry given: the suite needs a registry the nodes pull from to \
-                         push its test image to",
-                    ),
-                );
-            }
+            self.not_run_everywhere(
+                KubeCheck::PullThroughPeer,
+                "no registry",
+                "no --registry given: the suite needs a registry the nodes pull from to push its \
+                 test image to",
+            );
             return Ok(());
         };
-        let agent = Workload::daemonset(&manifests::install(&self.manifests), manifests::NAME)?;
+        let agent = self.agent.clone();
         let namespace = self.options.namespace.clone();
         let agents = pods_by_node(&self.client, &namespace, &agent.selector).await?;
-        let mut nodes = agents.keys().cloned();
-        let (Some(seed), Some(puller)) = (nodes.next(), nodes.next()) else {
-            for row in &mut self.rows {
-                row.cells.insert(
-                    KubeCheck::PullThroughPeer,
-                    Cell::not_run("alone", "a one-node cluster has no peer to pull from"),
-                );
-            }
+        // Two nodes of one architecture: the test image's layers differ
+        // between architectures, and the second must find the first's.
+        let mut by_arch: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for node in agents.keys() {
+            by_arch
+                .entry(self.architecture(node))
+                .or_default()
+                .push(node.clone());
+        }
+        let Some((arch, pair)) = by_arch.into_iter().find(|(_, nodes)| nodes.len() >= 2) else {
+            self.not_run_everywhere(
+                KubeCheck::PullThroughPeer,
+                "alone",
+                "no two nodes of one architecture run the agent: none has a peer holding its \
+                 platform's layers",
+            );
             return Ok(());
         };
+        let (seed, puller) = (pair[0].clone(), pair[1].clone());
         // Fresh layers, for amd64 and arm64 nodes alike.
         let dir = tempfile::tempdir()?;
         let mut layout = OciLayout::create(dir.path(), rand::random())?;
@@ -144,13 +194,12 @@ impl Suite {
             &[Platform::linux("amd64"), Platform::linux("arm64")],
             &[LayerSpec::gzip(4 * MIB)],
         )?;
-        let reference = format!("{registry}/reflektor-e2e/probe:{tag}");
+        let reference = format!("{}/reflektor-e2e/probe:{tag}", registry.host_port);
         let source = format!("oci:{}:{tag}", dir.path().display());
         crate::upstream::skopeo_copy(&source, &reference, true)
             .await
-            .with_context(|| format!("pushing the test image to {registry}"))?;
+            .with_context(|| format!("pushing the test image to {}", registry.url))?;
         progress(&format!("pushed {reference}"));
-        let arch = self.architecture(&puller);
         let bytes: u64 = image
             .platform(&Platform::linux(&arch))
             .with_context(|| format!("the test image has no linux/{arch} manifest"))?
@@ -170,13 +219,14 @@ impl Suite {
         };
         let before = peer_bytes(&self.client).await?;
         let started = Instant::now();
-        let rule = registry_rule(&registry)?;
-        let shell = self.shell.clone();
+        let rule = registry.reject_rule();
+        // With a way into the node, the registry is out of its reach, so
+        // only the peer can serve the pull; a loopback address is the node
+        // itself, and blocking it would prove nothing.
+        let shell = self.shell.clone().filter(|_| !registry.is_loopback());
         let mut blocked = false;
         let pulled = async {
             self.probe_pull(&seed, &reference).await?;
-            // With a way into the node, the registry is out of its reach:
-            // only the peer can serve the pull.
             if let Some(shell) = &shell {
                 shell
                     .run(&puller, &format!("iptables -I OUTPUT {rule}"))
@@ -190,10 +240,15 @@ impl Suite {
             shell
                 .run(&puller, &format!("iptables -D OUTPUT {rule}"))
                 .await
-                .with_context(|| format!("unblocking {registry} on {puller}"))?;
+                .with_context(|| {
+                    format!(
+                        "unblocking {} on {puller}; run `iptables -D OUTPUT {rule}` there by hand",
+                        registry.host_port
+                    )
+                })?;
         }
         let with = if blocked {
-            format!(" with {registry} blocked on {puller}")
+            format!(" with {} blocked on {puller}", registry.host_port)
         } else {
             String::new()
         };
@@ -230,7 +285,9 @@ impl Suite {
                         detail: format!(
                             "{puller} pulled {reference}, but its agent fetched {from_peers} bytes \
                              from peers, fewer than the {bytes} layer bytes: check that the \
-                             nodes' hosts.toml name the agent for {registry}"
+                             nodes' hosts.toml name the agent for {}, and that containerd \
+                             keeps unpacked layers (`reflektor doctor` on the seed says)",
+                            registry.host_port
                         ),
                     }
                 }
@@ -241,7 +298,10 @@ impl Suite {
         self.record(
             &seed,
             KubeCheck::PullThroughPeer,
-            Cell::not_run("seed", format!("pulled {reference} from {registry} first")),
+            Cell::not_run(
+                "seed",
+                format!("pulled {reference} from {} first", registry.url),
+            ),
         );
         if failed {
             bail!("the pull through a peer on {puller} failed");
@@ -262,16 +322,27 @@ impl Suite {
         .with_context(|| format!("creating pod {name} on {node}"))?;
         let deadline = Instant::now() + self.options.deadline;
         loop {
-            let pod = pods.get(&name).await?;
-            match pull_state(&pod) {
-                Pull::Done => return Ok(()),
-                Pull::Failed(why) => bail!("{node} could not pull {image}: {why}"),
-                Pull::Pending if Instant::now() >= deadline => bail!(
-                    "{node} did not pull {image} within {:?}",
-                    self.options.deadline
-                ),
-                Pull::Pending => tokio::time::sleep(self.options.poll).await,
+            let pod = pods
+                .get(&name)
+                .await
+                .with_context(|| format!("reading pod {name}"))?;
+            let state = pull_state(&pod);
+            if state == Pull::Done {
+                return Ok(());
             }
+            // kubelet retries a failed pull (ErrImagePull, then back-off):
+            // only the deadline ends the wait.
+            if Instant::now() >= deadline {
+                let why = match state {
+                    Pull::Failed(why) => why,
+                    _ => super::objects::why_not_ready(&self.client, &pod).await,
+                };
+                bail!(
+                    "{node} did not pull {image} within {:?}: {why}",
+                    self.options.deadline
+                );
+            }
+            tokio::time::sleep(self.options.poll).await;
         }
     }
 }
@@ -297,11 +368,21 @@ mod tests {
             pull_state(&waiting("ImagePullBackOff")),
             Pull::Failed(_)
         ));
+        let registry = TestRegistry::parse("10.0.0.5:5000").unwrap();
+        assert_eq!(registry.url, "https://10.0.0.5:5000");
         assert_eq!(
-            registry_rule("10.0.0.5:5000").unwrap(),
+            registry.reject_rule(),
             "-p tcp -d 10.0.0.5 --dport 5000 -j REJECT"
         );
-        assert!(registry_rule("no-port").is_err());
+        assert!(!registry.is_loopback());
+        let kind = TestRegistry::parse("http://localhost:5001").unwrap();
+        assert_eq!(
+            (kind.url.as_str(), kind.host_port.as_str()),
+            ("http://localhost:5001", "localhost:5001")
+        );
+        assert!(kind.is_loopback());
+        assert!(TestRegistry::parse("no-port").is_err());
+        assert!(TestRegistry::parse("ftp://x:1").is_err());
         let probe = probe_pod("probe-a", "ns", "node-a", "r/x:1");
         assert_eq!(
             probe.spec.unwrap().node_name.as_deref(),
