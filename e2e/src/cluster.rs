@@ -533,6 +533,11 @@ pub async fn start_agents(
             .start_agent(reflektor, data_dir, &routers, me)
             .await?;
     }
+    wait_until_ready(members, roles).await
+}
+
+/// Waits until the agent of each of `roles` is ready and has a peer.
+pub async fn wait_until_ready(members: &mut [Member], roles: &[usize]) -> Result<()> {
     for &i in roles {
         let member = &mut members[i];
         let name = member.spec.name.clone();
@@ -540,7 +545,7 @@ pub async fn start_agents(
             .agent_mut()?
             .wait_until_ready()
             .await
-            .with_context(|| format!("the agent of {name} finding its peers"))?;
+            .with_context(|| format!("the agent of {name} becoming ready with a peer"))?;
     }
     Ok(())
 }

@@ -408,38 +408,40 @@ async fn an_agent_without_peers_fails_with_what_to_check() {
     assert!(detail.contains("reflektor_peers is 0") && detail.contains("reflektor-bootstrap"));
 }
 
+/// The API server through an uninstall: the agent's pods gone, the
+/// cleanup DaemonSet rolled out on node-a, the Job with `job_status`.
+fn uninstall_routes(request: &Seen, job_status: &Value) -> Answer {
+    let path = request.path.as_str();
+    match request.method.as_str() {
+        "GET" if path.ends_with("/daemonsets/reflektor") => Answer::Json(daemonset(1, 1)),
+        "GET" if path.ends_with("/daemonsets/reflektor-cleanup") => Answer::Json(daemonset(1, 1)),
+        "GET" if path.ends_with("/pods") && request.query.contains("component%3Dagent") => {
+            Answer::Json(pod_list(Vec::new()))
+        }
+        "GET" if path.ends_with("/pods") => Answer::Json(pod_list(vec![pod(
+            "reflektor-cleanup-a",
+            "node-a",
+            true,
+            json!([]),
+        )])),
+        "GET" if path.ends_with("/jobs/reflektor-cleanup-wait") => {
+            Answer::Json(json!({"apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": "reflektor-cleanup-wait"}, "status": job_status}))
+        }
+        "DELETE" if path == "/api/v1/namespaces/reflektor-e2e-test" => {
+            Answer::Json(json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": "reflektor-e2e-test"}}))
+        }
+        "DELETE" => Answer::Json(daemonset(1, 1)),
+        "PATCH" => Answer::Json(request.body.clone()),
+        _ => Answer::Status(StatusCode::NOT_IMPLEMENTED),
+    }
+}
+
 #[tokio::test]
 async fn uninstall_goes_through_the_cleanup_path_then_deletes_the_namespace() {
-    let (client, server) = FakeApiServer::start(|request| {
-        let path = request.path.as_str();
-        match request.method.as_str() {
-            "GET" if path.ends_with("/daemonsets/reflektor") => Answer::Json(daemonset(1, 1)),
-            "GET" if path.ends_with("/daemonsets/reflektor-cleanup") => {
-                Answer::Json(daemonset(1, 1))
-            }
-            "GET" if path.ends_with("/pods") && request.query.contains("component%3Dagent") => {
-                Answer::Json(pod_list(Vec::new()))
-            }
-            "GET" if path.ends_with("/pods") => Answer::Json(pod_list(vec![pod(
-                "reflektor-cleanup-a",
-                "node-a",
-                true,
-                json!([]),
-            )])),
-            "GET" if path.ends_with("/jobs/reflektor-cleanup-wait") => {
-                Answer::Json(json!({"apiVersion": "batch/v1", "kind": "Job",
-                    "metadata": {"name": "reflektor-cleanup-wait"},
-                    "status": {"succeeded": 1}}))
-            }
-            "DELETE" if path.ends_with("/daemonsets/reflektor") => Answer::Json(daemonset(1, 1)),
-            "DELETE" if path == "/api/v1/namespaces/reflektor-e2e-test" => {
-                Answer::Json(json!({"apiVersion": "v1", "kind": "Namespace",
-                    "metadata": {"name": "reflektor-e2e-test"}}))
-            }
-            "PATCH" => Answer::Json(request.body.clone()),
-            _ => Answer::Status(StatusCode::NOT_IMPLEMENTED),
-        }
-    });
+    let job = json!({"succeeded": 1});
+    let (client, server) = FakeApiServer::start(move |request| uninstall_routes(request, &job));
     let mut suite = suite(client, &["node-a"]);
     suite.created_namespace = true;
     suite.uninstall().await.unwrap();
@@ -759,34 +761,9 @@ async fn a_pod_the_scheduler_has_not_placed_is_found_by_its_node_and_says_why() 
 
 #[tokio::test]
 async fn a_cleanup_job_that_fails_fails_every_node_and_keeps_the_namespace() {
-    let (client, server) = FakeApiServer::start(|request| {
-        let path = request.path.as_str();
-        match request.method.as_str() {
-            "GET" if path.ends_with("/daemonsets/reflektor") => Answer::Json(daemonset(1, 1)),
-            "GET" if path.ends_with("/daemonsets/reflektor-cleanup") => {
-                Answer::Json(daemonset(1, 1))
-            }
-            "GET" if path.ends_with("/pods") && request.query.contains("component%3Dagent") => {
-                Answer::Json(pod_list(Vec::new()))
-            }
-            "GET" if path.ends_with("/pods") => Answer::Json(pod_list(vec![pod(
-                "reflektor-cleanup-a",
-                "node-a",
-                true,
-                json!([]),
-            )])),
-            "GET" if path.ends_with("/jobs/reflektor-cleanup-wait") => {
-                Answer::Json(json!({"apiVersion": "batch/v1", "kind": "Job",
-                    "metadata": {"name": "reflektor-cleanup-wait"},
-                    "status": {"failed": 4, "conditions": [{"type": "Failed", "status": "True",
-                        "reason": "BackoffLimitExceeded",
-                        "message": "Job has reached the specified backoff limit"}]}}))
-            }
-            "DELETE" => Answer::Json(daemonset(1, 1)),
-            "PATCH" => Answer::Json(request.body.clone()),
-            _ => Answer::Status(StatusCode::NOT_IMPLEMENTED),
-        }
-    });
+    let job = json!({"failed": 4, "conditions": [{"type": "Failed", "status": "True",
+        "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]});
+    let (client, server) = FakeApiServer::start(move |request| uninstall_routes(request, &job));
     let mut suite = suite(client, &["node-a"]);
     suite.created_namespace = true;
     let error = format!("{:#}", suite.uninstall().await.unwrap_err());

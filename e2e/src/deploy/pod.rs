@@ -227,16 +227,7 @@ impl NodeRunner for PodRunner {
             let agent = PodAgent::start(node, member.ip, &self.image, &plan, self.ports).await?;
             member.agent = Some(Box::new(agent));
         }
-        for &i in roles {
-            let member = &mut members[i];
-            let name = member.spec.name.clone();
-            member
-                .agent_mut()?
-                .wait_until_ready()
-                .await
-                .with_context(|| format!("the agent pod of {name} becoming Ready with a peer"))?;
-        }
-        Ok(())
+        crate::cluster::wait_until_ready(members, roles).await
     }
 
     fn digests_held_at_start(&self) -> u64 {
