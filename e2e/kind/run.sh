@@ -32,10 +32,12 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 image="ghcr.io/reflektor/reflektor:${version}"
 
 name="reflektor-e2e-$$"
+registry="$name-registry"
 work=$(mktemp -d)
 cleanup() {
-  echo "e2e-kind: deleting cluster $name" >&2
+  echo "e2e-kind: deleting cluster $name and registry $registry" >&2
   kind delete cluster --name "$name" >/dev/null 2>&1 || true
+  docker rm -f "$registry" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -63,9 +65,21 @@ kind create cluster --name "$name" --config "$work/kind.yaml" \
 # The archive's image is named $image; pods pull it IfNotPresent, so the
 # loaded copy is what runs.
 kind load image-archive "$archive" --name "$name"
+
+# A local registry for the suite's test image, as kind's documentation sets
+# one up: localhost:5001 from this machine, and on every node a certs.d
+# entry sending localhost:5001 to the registry's container.
+docker run -d --restart=no --name "$registry" -p "127.0.0.1:5001:5000" registry:2 >/dev/null
+docker network connect kind "$registry"
+for node in $(kind get nodes --name "$name"); do
+  docker exec "$node" mkdir -p /etc/containerd/certs.d/localhost:5001
+  printf '[host."http://%s:5000"]\n' "$registry" |
+    docker exec -i "$node" tee /etc/containerd/certs.d/localhost:5001/hosts.toml >/dev/null
+done
 status=0
-# kind's nodes are containers: the suite reads their hosts.toml, and blocks
-# a --registry you pass, through `docker exec`.
+# kind's nodes are containers: the suite reads their hosts.toml through
+# `docker exec`.
 cargo run -q -p reflektor-e2e -- kube --kubeconfig "$work/kubeconfig" --image "$image" \
-  --node-shell "docker exec -i {node}" --out target/e2e-kind "$@" || status=$?
+  --registry http://localhost:5001 --node-shell "docker exec -i {node}" \
+  --out target/e2e-kind "$@" || status=$?
 exit "$status"
