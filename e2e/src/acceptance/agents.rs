@@ -1,5 +1,6 @@
-//! The running agents, seen through the API server only: their metrics
-//! through the pod proxy, their peer ids from their logs.
+//! The running agents, seen through the API server: their metrics through
+//! the pod proxy, their peer ids and hosts.toml writes from their logs (and
+//! hosts.toml itself on the nodes, with `--node-shell`).
 //!
 //! Why the pod proxy and not a port-forward: it is one plain HTTP GET, it
 //! needs only `pods/proxy` on the suite's credentials, and it reaches an
@@ -295,8 +296,8 @@ impl Suite {
 impl Suite {
     /// The agent restarted by a rollout, as `kubectl rollout restart` does
     /// it: every node's new pod Ready, and its `configuration` init
-    /// container having rewritten hosts.toml for the agent (read from its
-    /// log: the suite reaches the nodes only through the API server).
+    /// container having rewritten hosts.toml for the agent, read from its
+    /// log, and, with a node shell, on the node all through the rollout.
     pub(super) async fn check_rollout_restart(&mut self) -> Result<()> {
         let agent = self.agent.clone();
         let namespace = self.options.namespace.clone();

@@ -4,13 +4,15 @@
 //! a DaemonSet rollout on every schedulable node, DNS bootstrap through a
 //! real headless Service, probes as kubelet runs them, and uninstall. This
 //! suite proves those with the project's own generated manifests, applied
-//! with server-side apply into a fresh namespace, and removes everything it
-//! created at the end, on failure too.
+//! with server-side apply into a namespace it creates, and uninstalls them
+//! at the end, on failure and Ctrl-C too (a failed cleanup keeps the
+//! namespace, whose cleanup may still be restoring nodes).
 //!
-//! The suite talks to the cluster only through the API server (kube-rs),
-//! polling rather than watching, so that every step has a deadline and a
-//! progress line. Where no cluster answers, it says so and exits with
-//! [`EXIT_UNAVAILABLE`]; it never reports a pass it did not see.
+//! The suite talks to the cluster through the API server (kube-rs), polling
+//! rather than watching, so that every step has a deadline and a progress
+//! line; with `--node-shell` it also looks into the nodes. Where no cluster
+//! answers, it says so and exits with [`EXIT_UNAVAILABLE`]; it never reports
+//! a pass it did not see.
 
 mod agents;
 mod connect;
