@@ -8,8 +8,9 @@
 //!
 //! Scope: what containerd, skopeo and curl send to a pull-only registry.
 //! Requests have no bodies (one that announces a body is answered and the
-//! connection closed), responses always carry `Content-Length`, and
-//! connections are kept alive between requests.
+//! connection closed), responses carry `Content-Length` or, when the length
+//! is not known up front, are chunked, and connections are kept alive
+//! between requests.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -275,6 +276,7 @@ impl Connection {
         keep_alive: bool,
     ) -> io::Result<(&'static str, u16, u64, Option<Source>)> {
         let head_only = request.method() == Method::HEAD;
+        let http10 = request.version() == Version::HTTP_10;
         let response: Response<Body> = match self.app.clone().oneshot(request).await {
             Ok(response) => response,
             Err(never) => match never {},
@@ -298,14 +300,26 @@ impl Connection {
         } else if let Some(promised) = content_length(&parts.headers) {
             self.write_head(parts.status, &parts.headers).await?;
             self.write_body(body, promised).await?
-        } else {
-            let bytes = body.collect().await.map_err(io::Error::other)?.to_bytes();
+        } else if let Some(exact) = axum::body::HttpBody::size_hint(&body).exact() {
             parts
                 .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(exact));
             self.write_head(parts.status, &parts.headers).await?;
-            self.write_all(&bytes).await?;
-            bytes.len() as u64
+            self.write_body(body, exact).await?
+        } else {
+            // No length up front (a peer's chunked answer, say): streamed,
+            // never gathered, so no body can make the agent buffer more
+            // than one frame of it. HTTP/1.0 knows no chunks: its body ends
+            // where the connection does, which for 1.0 it always does.
+            let chunked = !http10;
+            if chunked {
+                parts.headers.insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+            }
+            self.write_head(parts.status, &parts.headers).await?;
+            self.write_streamed(body, chunked).await?
         };
         Ok((route, status, sent, source))
     }
@@ -355,6 +369,34 @@ impl Connection {
                 io::ErrorKind::UnexpectedEof,
                 format!("the body ended after {sent} of {promised} promised bytes"),
             ));
+        }
+        Ok(sent)
+    }
+
+    /// A body of unknown length, frame by frame: as chunks (each frame, then
+    /// the last, empty chunk), or bare for a connection that closes after
+    /// it. A body that fails midway ends the connection without the last
+    /// chunk, so the client cannot take what it got as whole.
+    async fn write_streamed(&mut self, mut body: Body, chunked: bool) -> io::Result<u64> {
+        let mut sent = 0;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(io::Error::other)?;
+            if let Ok(data) = frame.into_data()
+                && !data.is_empty()
+            {
+                if chunked {
+                    self.write_all(format!("{:x}\r\n", data.len()).as_bytes())
+                        .await?;
+                }
+                self.write_all(&data).await?;
+                if chunked {
+                    self.write_all(b"\r\n").await?;
+                }
+                sent += data.len() as u64;
+            }
+        }
+        if chunked {
+            self.write_all(b"0\r\n\r\n").await?;
         }
         Ok(sent)
     }

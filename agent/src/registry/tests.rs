@@ -552,6 +552,63 @@ mod socket {
         stop.cancel();
     }
 
+    /// A body of unknown length is streamed as chunks, never gathered in
+    /// memory first; a second request on the connection still works.
+    #[tokio::test]
+    async fn a_body_without_a_length_is_chunked() {
+        let app = Router::new().route(
+            "/stream",
+            axum::routing::get(|| async {
+                let chunks = (0..3)
+                    .map(|i| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'a' + i; 100_000])));
+                Body::from_stream(futures::stream::iter(chunks))
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(server::serve(
+            listener,
+            app,
+            Arc::new(Metrics::new()),
+            stop.clone(),
+        ));
+        let client = crate::http_client::client(Duration::from_secs(5));
+        for _ in 0..2 {
+            let response = client
+                .get(format!("http://{addr}/stream").parse().unwrap())
+                .await
+                .unwrap();
+            assert_eq!(
+                response.headers().get(header::TRANSFER_ENCODING).unwrap(),
+                "chunked"
+            );
+            assert!(response.headers().get(header::CONTENT_LENGTH).is_none());
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(body.len(), 300_000);
+            assert!(body[..100_000].iter().all(|&b| b == b'a'));
+            assert!(body[200_000..].iter().all(|&b| b == b'c'));
+        }
+        // HTTP/1.0 has no chunks: the body runs to the connection's close.
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream
+            .write_all(b"GET /stream HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut received = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received))
+            .await
+            .expect("the server closed the connection")
+            .unwrap();
+        let text = String::from_utf8_lossy(&received);
+        assert!(!text.contains("chunked"), "{}", &text[..200]);
+        assert!(
+            text.ends_with(&"c".repeat(100_000)),
+            "the whole body, unframed"
+        );
+        stop.cancel();
+    }
+
     /// Each case gets a 4xx with a JSON error body, never a 5xx or a hang.
     #[tokio::test]
     async fn hostile_requests_get_4xx() {
