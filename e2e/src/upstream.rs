@@ -311,12 +311,13 @@ impl Upstream {
             })
     }
 
-    /// The image manifest the registry serves for `repo:reference`.
-    pub async fn image_manifest(
+    /// `GET` of `repo:reference`'s manifest, which must answer 200: the
+    /// request path and the response.
+    async fn get_manifest(
         &self,
         repo: &str,
         reference: &str,
-    ) -> Result<oci_spec::image::ImageManifest> {
+    ) -> Result<(String, hyper::Response<hyper::body::Bytes>)> {
         let path = format!("/v2/{repo}/manifests/{reference}");
         let response = http::get(self.addr, &path, MANIFEST_ACCEPT).await?;
         ensure!(
@@ -325,6 +326,16 @@ impl Upstream {
             self.url(),
             response.status()
         );
+        Ok((path, response))
+    }
+
+    /// The image manifest the registry serves for `repo:reference`.
+    pub async fn image_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<oci_spec::image::ImageManifest> {
+        let (path, response) = self.get_manifest(repo, reference).await?;
         oci_spec::image::ImageManifest::from_reader(response.body().as_ref())
             .with_context(|| format!("GET {}{path} is not an image manifest", self.url()))
     }
@@ -332,14 +343,7 @@ impl Upstream {
     /// The digest and media type the registry serves `repo:reference` as, after
     /// checking that the digest header matches the body.
     pub async fn manifest(&self, repo: &str, reference: &str) -> Result<(String, String)> {
-        let path = format!("/v2/{repo}/manifests/{reference}");
-        let response = http::get(self.addr, &path, MANIFEST_ACCEPT).await?;
-        ensure!(
-            response.status() == StatusCode::OK,
-            "GET {}{path} answered {}; expected 200",
-            self.url(),
-            response.status()
-        );
+        let (path, response) = self.get_manifest(repo, reference).await?;
         let text = |name: &str| {
             response
                 .headers()

@@ -348,6 +348,30 @@ mod socket {
     use super::*;
     use crate::metrics::Metrics;
 
+    /// Sends `request` raw and reads until the server closes the connection.
+    async fn until_closed(addr: std::net::SocketAddr, request: &[u8]) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut received = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received))
+            .await
+            .expect("the server closed the connection")
+            .unwrap();
+        String::from_utf8_lossy(&received).into_owned()
+    }
+
+    /// Serves `app` on a fresh loopback port until `stop`.
+    pub(super) async fn serve(
+        app: Router,
+        metrics: Arc<Metrics>,
+        stop: &CancellationToken,
+    ) -> std::net::SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(server::serve(listener, app, metrics, stop.clone()));
+        addr
+    }
+
     struct Server {
         addr: std::net::SocketAddr,
         expected: Expected,
@@ -527,26 +551,13 @@ mod socket {
                     .unwrap()
             }),
         );
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        tokio::spawn(server::serve(
-            listener,
-            app,
-            Arc::new(Metrics::new()),
-            stop.clone(),
-        ));
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(b"GET /short HTTP/1.1\r\n\r\nGET /short HTTP/1.1\r\n\r\n")
-            .await
-            .unwrap();
-        let mut received = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received))
-            .await
-            .expect("the server closed the connection")
-            .unwrap();
-        let text = String::from_utf8_lossy(&received);
+        let addr = serve(app, Arc::new(Metrics::new()), &stop).await;
+        let text = until_closed(
+            addr,
+            b"GET /short HTTP/1.1\r\n\r\nGET /short HTTP/1.1\r\n\r\n",
+        )
+        .await;
         assert!(text.ends_with("12345"), "{text}");
         assert_eq!(text.matches("HTTP/1.1").count(), 1, "{text}");
         stop.cancel();
@@ -564,15 +575,8 @@ mod socket {
                 Body::from_stream(futures::stream::iter(chunks))
             }),
         );
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
-        tokio::spawn(server::serve(
-            listener,
-            app,
-            Arc::new(Metrics::new()),
-            stop.clone(),
-        ));
+        let addr = serve(app, Arc::new(Metrics::new()), &stop).await;
         let client = crate::http_client::client(Duration::from_secs(5));
         for _ in 0..2 {
             let response = client
@@ -590,17 +594,7 @@ mod socket {
             assert!(body[200_000..].iter().all(|&b| b == b'c'));
         }
         // HTTP/1.0 has no chunks: the body runs to the connection's close.
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream
-            .write_all(b"GET /stream HTTP/1.0\r\n\r\n")
-            .await
-            .unwrap();
-        let mut received = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received))
-            .await
-            .expect("the server closed the connection")
-            .unwrap();
-        let text = String::from_utf8_lossy(&received);
+        let text = until_closed(addr, b"GET /stream HTTP/1.0\r\n\r\n").await;
         assert!(!text.contains("chunked"), "{}", &text[..200]);
         assert!(
             text.ends_with(&"c".repeat(100_000)),
@@ -688,6 +682,7 @@ mod peers {
     use tokio::net::TcpListener;
     use tokio_util::sync::CancellationToken;
 
+    use super::socket::serve;
     use super::*;
     use crate::metrics::Metrics;
 
@@ -698,13 +693,6 @@ mod peers {
         async fn providers(&self, _: &str, limit: usize, _: Duration) -> Vec<SocketAddr> {
             self.0.iter().copied().take(limit).collect()
         }
-    }
-
-    async fn serve(app: Router, metrics: Arc<Metrics>, stop: &CancellationToken) -> SocketAddr {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(server::serve(listener, app, metrics, stop.clone()));
-        addr
     }
 
     /// A node with nothing in its store, mirroring through `providers`.
