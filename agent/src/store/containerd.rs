@@ -5,7 +5,6 @@
 //! not mount it), bytes come through the content service's `Read` instead.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -13,6 +12,7 @@ use futures::TryStreamExt;
 use futures::stream::BoxStream;
 
 use super::media_types::{Descriptor, MediaTypes};
+use super::throttle::{MISS_INTERVAL, Throttle};
 use super::{BlobBody, ByteRange, ContentStore, Image, Manifest, StoreError};
 use crate::oci::{Digest, Name, RegistryHost, Tag};
 use crate::runtime::{Containerd, ImageRecord, ImageTarget, Namespace, RuntimeError};
@@ -23,13 +23,10 @@ pub struct ContainerdStore {
     namespace: Namespace,
     content_path: PathBuf,
     media_types: MediaTypes,
-    /// When every image was last walked for media types, so that requests
-    /// for digests that are not manifests cannot make every request a walk.
-    last_walk: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Walks over every image for media types, so that requests for
+    /// digests that are not manifests cannot make every request a walk.
+    walks: Throttle,
 }
-
-/// How often a manifest miss may trigger a walk over every image.
-const WALK_INTERVAL: Duration = Duration::from_secs(5);
 
 impl ContainerdStore {
     /// `namespace` is where kubelet's images live: `k8s.io`.
@@ -39,7 +36,7 @@ impl ContainerdStore {
             namespace,
             content_path: content_path.to_owned(),
             media_types: MediaTypes::default(),
-            last_walk: std::sync::Mutex::new(None),
+            walks: Throttle::new(MISS_INTERVAL),
         }
     }
 
@@ -111,15 +108,10 @@ impl ContainerdStore {
 
     /// Walks every image: the fallback when a manifest was never seen
     /// through `resolve`, e.g. a pull by digest. At most once per
-    /// [`WALK_INTERVAL`]; a miss in between stays a miss until then.
+    /// [`MISS_INTERVAL`]; a miss in between stays a miss until then.
     async fn learn_all(&self) -> Result<(), StoreError> {
-        {
-            let mut last = self.last_walk.lock().expect("walk clock poisoned");
-            let now = std::time::Instant::now();
-            if last.is_some_and(|at| now.duration_since(at) < WALK_INTERVAL) {
-                return Ok(());
-            }
-            *last = Some(now);
+        if !self.walks.ready() {
+            return Ok(());
         }
         for image in self.list().await? {
             self.learn(image.target).await;

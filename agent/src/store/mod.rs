@@ -8,6 +8,7 @@ pub mod conformance;
 mod containerd;
 mod media_types;
 mod oci_layout;
+mod throttle;
 
 pub use containerd::ContainerdStore;
 pub use oci_layout::OciLayoutStore;

@@ -13,12 +13,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::Deserialize;
 
 use super::media_types::{Descriptor, MediaTypes};
+use super::throttle::{MISS_INTERVAL, Throttle};
 use super::{BlobBody, ByteRange, ContentStore, Image, Manifest, StoreError};
 use crate::oci::{Digest, Name, RegistryHost, Tag};
 
@@ -31,6 +33,8 @@ pub struct OciLayoutStore {
     /// Full references and bare tags (`:1.27`) to digests.
     tags: RwLock<HashMap<String, Digest>>,
     media_types: MediaTypes,
+    /// Re-reads of `index.json` on a miss: each walks every index.
+    rereads: Throttle,
 }
 
 #[derive(Deserialize)]
@@ -50,6 +54,12 @@ impl OciLayoutStore {
     /// Opens a layout directory and reads its index once; tags added later
     /// are picked up on the first miss.
     pub async fn open(root: &Path) -> Result<Self, StoreError> {
+        Self::open_with(root, MISS_INTERVAL).await
+    }
+
+    /// [`Self::open`], re-reading the index on a miss at most once per
+    /// `interval`.
+    async fn open_with(root: &Path, interval: Duration) -> Result<Self, StoreError> {
         let marker = root.join("oci-layout");
         tokio::fs::metadata(&marker).await.map_err(|e| {
             StoreError::backend(
@@ -65,6 +75,7 @@ impl OciLayoutStore {
             root: root.to_owned(),
             tags: RwLock::default(),
             media_types: MediaTypes::default(),
+            rereads: Throttle::new(interval),
         };
         store.reload().await?;
         Ok(store)
@@ -95,6 +106,15 @@ impl OciLayoutStore {
                 .await;
         }
         *self.tags.write().expect("tag map poisoned") = tags;
+        Ok(())
+    }
+
+    /// Reads the index again after a miss, unless that was done less than
+    /// the interval ago.
+    async fn reload_on_miss(&self) -> Result<(), StoreError> {
+        if self.rereads.ready() {
+            self.reload().await?;
+        }
         Ok(())
     }
 
@@ -136,7 +156,7 @@ impl ContentStore for OciLayoutStore {
         if let Some(digest) = self.lookup(registry, name, tag) {
             return Ok(digest);
         }
-        self.reload().await?;
+        self.reload_on_miss().await?;
         self.lookup(registry, name, tag)
             .ok_or_else(|| StoreError::NotFound(format!("{registry}/{name}:{tag}")))
     }
@@ -145,7 +165,7 @@ impl ContentStore for OciLayoutStore {
         let media_type = match self.media_types.get(digest) {
             Some(media_type) => media_type,
             None => {
-                self.reload().await?;
+                self.reload_on_miss().await?;
                 self.media_types
                     .get(digest)
                     .ok_or_else(|| StoreError::NotFound(format!("manifest {digest}")))?
@@ -213,5 +233,45 @@ impl ContentStore for OciLayoutStore {
             .await
             .map(|_| ())
             .map_err(|e| StoreError::backend(format!("reading {}", path.display()), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance::write_layout;
+
+    /// A tag added after a miss is found only once the interval is over:
+    /// misses in between do not re-read the index.
+    #[tokio::test]
+    async fn misses_reread_the_index_at_most_once_per_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let expected = write_layout(dir.path(), 3);
+        let interval = Duration::from_millis(300);
+        let store = OciLayoutStore::open_with(dir.path(), interval)
+            .await
+            .unwrap();
+        let late: Tag = "late".parse().unwrap();
+        let resolve = || store.resolve(&expected.registry, &expected.name, &late);
+        assert!(matches!(resolve().await, Err(StoreError::NotFound(_))));
+
+        let index_path = dir.path().join("index.json");
+        let mut index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&index_path).unwrap()).unwrap();
+        let mut entry = index["manifests"][0].clone();
+        entry["annotations"] = serde_json::json!({
+            REF_NAME: format!("{}/{}:late", expected.registry, expected.name)
+        });
+        index["manifests"].as_array_mut().unwrap().push(entry);
+        std::fs::write(&index_path, index.to_string()).unwrap();
+
+        for _ in 0..100 {
+            assert!(
+                matches!(resolve().await, Err(StoreError::NotFound(_))),
+                "a miss within the interval re-read the index"
+            );
+        }
+        tokio::time::sleep(interval).await;
+        assert_eq!(resolve().await.unwrap(), expected.root);
     }
 }
