@@ -295,7 +295,57 @@ pub struct RegistryArgs {
     pub peers: PeerArgs,
 
     #[command(flatten)]
+    pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
+
+    #[command(flatten)]
     pub ignored: SpegelOnlyArgs,
+}
+
+/// Basic-auth credentials, where Spegel reads them.
+#[derive(Debug, Args)]
+pub struct AuthArgs {
+    /// Directory holding the files `username` and `password`: a mounted
+    /// Secret, as Spegel's chart mounts basicAuthSecretName. With them,
+    /// /v2/ requires these credentials, peers are sent them, and
+    /// `configuration` writes them into hosts.toml for containerd. Missing
+    /// or empty files mean no auth.
+    #[arg(long, env = "BASIC_AUTH_DIR", value_name = "DIR", default_value = crate::auth::DEFAULT_DIR)]
+    pub basic_auth_dir: PathBuf,
+}
+
+/// Bounds on what clients and peers may make the agent hold; each hit is
+/// counted in reflektor_limit_hits_total and logged, rate-limited.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Registry connections open at once; more wait in the kernel's accept
+    /// queue until one closes.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 4096,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// How long a client may take to send a whole request head, from its
+    /// first byte; a slower one (slowloris) is disconnected. A Go duration.
+    #[arg(long, env = "REQUEST_HEADER_TIMEOUT", default_value = "10s")]
+    pub request_header_timeout: GoDuration,
+
+    /// How long a kept-alive connection may sit idle between requests.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "60s")]
+    pub idle_timeout: GoDuration,
+
+    /// The largest request head in bytes; a larger one gets 431.
+    #[arg(long, env = "MAX_REQUEST_HEADER_BYTES", default_value_t = 16384,
+        value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_request_header_bytes: u32,
+
+    /// Requests forwarded to peers at once, bodies included; past it, a
+    /// request for content this node lacks is answered 404 at once, so
+    /// containerd goes to the next mirror or the upstream.
+    #[arg(long, env = "MAX_PEER_REQUESTS", default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_peer_requests: u32,
 }
 
 /// Flags Spegel's chart passes that reflektor has no use for. They are
@@ -412,6 +462,24 @@ pub struct PeerArgs {
     /// How many peers to try for one request.
     #[arg(long, env = "MIRROR_RESOLVE_RETRIES", default_value_t = 3)]
     pub mirror_resolve_retries: usize,
+
+    /// Hash every whole body relayed from a peer and cut the response short
+    /// when it does not match the digest asked for, so that a corrupt or
+    /// lying peer's bytes never pass as good. Costs about 0.8 CPU-seconds
+    /// per GiB on the relaying node; containerd checks digests itself, so
+    /// --verify-peer-content=false is safe where only containerd pulls.
+    #[arg(
+        long,
+        env = "VERIFY_PEER_CONTENT",
+        value_name = "BOOL",
+        action = ArgAction::Set,
+        num_args = 0..=1,
+        require_equals = true,
+        default_value = "true",
+        default_missing_value = "true",
+        value_parser = BoolishValueParser::new()
+    )]
+    pub verify_peer_content: bool,
 }
 
 /// `--data-dir`: a directory, or nothing at all when given empty.
@@ -475,6 +543,9 @@ pub struct ConfigurationArgs {
     /// writes 200ms.
     #[arg(long, env = "DIAL_TIMEOUT", default_value = "200ms")]
     pub dial_timeout: DialTimeout,
+
+    #[command(flatten)]
+    pub auth: AuthArgs,
 }
 
 #[derive(Debug, Args)]
@@ -637,6 +708,13 @@ pub struct ManifestsArgs {
     /// Add a Grafana dashboard, as a ConfigMap Grafana's sidecar picks up.
     #[arg(long)]
     pub grafana_dashboard: bool,
+
+    /// Mount this Secret (keys `username` and `password`, e.g. of type
+    /// kubernetes.io/basic-auth) at /etc/secrets/basic-auth in both
+    /// containers, as Spegel's chart does with basicAuthSecretName: the
+    /// mirror then requires those credentials. Create the Secret yourself.
+    #[arg(long, value_name = "NAME")]
+    pub basic_auth_secret_name: Option<String>,
 
     /// The agents' log level.
     #[arg(long, default_value = "info")]

@@ -5,6 +5,7 @@
 //! only imports the ones below it (`agent/tests/layers.rs` holds the order),
 //! and the `reflektor` binary only parses flags and runs a command.
 
+pub mod auth;
 pub mod backoff;
 pub mod bootstrap;
 pub mod cli;

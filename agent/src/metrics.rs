@@ -33,6 +33,43 @@ impl Source {
     }
 }
 
+/// How a peer let the mirror down: the label of the peer-failures metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerFailure {
+    /// No connection: refused, reset, or no answer to the SYN in time.
+    Unreachable,
+    /// Connected, but no response head within the head timeout.
+    NoHead,
+    /// Still silent when another provider answered the same request.
+    Silent,
+    /// The body broke off or stalled; the rest came from another provider.
+    Body,
+    /// The whole body did not hash to the digest it was asked for.
+    DigestMismatch,
+}
+
+impl PeerFailure {
+    fn label(self) -> &'static str {
+        match self {
+            PeerFailure::Unreachable => "unreachable",
+            PeerFailure::NoHead => "no_head",
+            PeerFailure::Silent => "silent",
+            PeerFailure::Body => "body",
+            PeerFailure::DigestMismatch => "digest_mismatch",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: &'static str,
@@ -83,6 +120,8 @@ pub struct Metrics {
     pub in_flight: Gauge,
     advertised: Family<KindLabels, Gauge>,
     mirror_requests: Family<MirrorLabels, Counter>,
+    peer_failures: Family<ReasonLabels, Counter>,
+    limit_hits: Family<LimitLabels, Counter>,
     resolve_duration: Histogram,
     peers: Gauge,
     announcements_pending: Gauge,
@@ -101,6 +140,8 @@ impl Metrics {
         let in_flight = Gauge::default();
         let advertised = Family::<KindLabels, Gauge>::default();
         let mirror_requests = Family::<MirrorLabels, Counter>::default();
+        let peer_failures = Family::<ReasonLabels, Counter>::default();
+        let limit_hits = Family::<LimitLabels, Counter>::default();
         let peers = Gauge::default();
         let announcements_pending = Gauge::default();
         // 0.5 ms to ~4 s: a lookup answered from cache up to one that timed out.
@@ -138,6 +179,18 @@ impl Metrics {
             mirror_requests.clone(),
         );
         registry.register(
+            "peer_failures",
+            "Peers that failed a mirrored request, by how (unreachable, no_head, silent, \
+             body, digest_mismatch); each makes the peer tried last for a while",
+            peer_failures.clone(),
+        );
+        registry.register(
+            "limit_hits",
+            "Times a bound was hit, by limit (connections, header_timeout, idle_timeout, \
+             header_bytes, peer_requests)",
+            limit_hits.clone(),
+        );
+        registry.register(
             "resolve_duration_seconds",
             "Time to find the peers that provide a key",
             resolve_duration.clone(),
@@ -157,6 +210,8 @@ impl Metrics {
             in_flight,
             advertised,
             mirror_requests,
+            peer_failures,
+            limit_hits,
             resolve_duration,
             peers,
             announcements_pending,
@@ -210,6 +265,19 @@ impl Metrics {
         self.mirror_requests
             .get_or_create(&MirrorLabels { registry, cache })
             .inc();
+    }
+
+    pub fn peer_failure(&self, failure: PeerFailure) {
+        self.peer_failures
+            .get_or_create(&ReasonLabels {
+                reason: failure.label(),
+            })
+            .inc();
+    }
+
+    /// One hit of a bound; the label comes from the registry's limits.
+    pub fn limit_hit(&self, limit: &'static str) {
+        self.limit_hits.get_or_create(&LimitLabels { limit }).inc();
     }
 
     pub fn observe_resolve(&self, duration: std::time::Duration) {

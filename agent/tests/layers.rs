@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     // Helpers that know nothing of the agent, and the fixture readers.
     &["errors", "duration", "backoff", "fixtures", "testing"],
     // The vocabulary: versions, the OCI names, and sinks every part writes to.
-    &["version", "oci", "metrics", "http_client"],
+    &["version", "oci", "metrics", "http_client", "auth"],
     // Talking to containerd.
     &["runtime"],
     // What a node holds, how containerd is pointed at the mirror, and

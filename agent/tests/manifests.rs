@@ -47,6 +47,7 @@ fn everything() -> Options {
         priority_class_name: None,
         service_monitor: true,
         grafana_dashboard: true,
+        basic_auth_secret_name: Some("reflektor-basic-auth".to_owned()),
         ports: Ports {
             registry: 5000,
             router: 5001,
@@ -188,7 +189,15 @@ fn mounts_and_volumes_agree_and_the_socket_is_a_directory() {
     }
     assert_eq!(mounted, volumes, "a volume nobody mounts");
     for volume in agent.volumes.iter().flatten() {
-        let host = volume.host_path.as_ref().expect("host paths only");
+        if let Some(secret) = &volume.secret {
+            assert_eq!(volume.name, "basic-auth");
+            assert_eq!(secret.secret_name.as_deref(), Some("reflektor-basic-auth"));
+            continue;
+        }
+        let host = volume
+            .host_path
+            .as_ref()
+            .expect("host paths and the basic-auth Secret only");
         assert_ne!(host.type_.as_deref(), Some("Socket"), "{}", volume.name);
         assert!(
             !host.path.ends_with(".sock"),

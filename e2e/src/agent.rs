@@ -23,6 +23,8 @@ pub struct Reflektor {
     /// `--log-level` of the agents it starts: `debug` for tests, whose
     /// failures the logs explain; benchmarks measure with the default.
     log_level: &'static str,
+    /// `--basic-auth-dir` for agents started and mirrors configured.
+    basic_auth_dir: Option<PathBuf>,
 }
 
 /// What `reflektor doctor --output json` exited with and printed.
@@ -47,6 +49,7 @@ impl Reflektor {
             return Ok(Self {
                 bin: bin.into(),
                 log_level: "debug",
+                basic_auth_dir: None,
             });
         }
         let target = std::env::var_os("CARGO_TARGET_DIR")
@@ -63,7 +66,15 @@ impl Reflektor {
         Ok(Self {
             bin,
             log_level: "debug",
+            basic_auth_dir: None,
         })
+    }
+
+    /// Agents started and mirrors configured from now on read basic-auth
+    /// credentials from `dir` (files `username` and `password`).
+    pub fn with_basic_auth(mut self, dir: &Path) -> Self {
+        self.basic_auth_dir = Some(dir.to_owned());
+        self
     }
 
     /// Agents started from now on log at `level` (e.g. `info`, as users run
@@ -95,7 +106,11 @@ impl Reflektor {
                 .arg("--containerd-config")
                 .arg(node.config_file())
                 .arg(format!("--mirrored-registries=http://{upstream}"))
-                .arg(format!("--mirror-targets=http://{mirror}"))
+                .arg(format!("--mirror-targets=http://{mirror}"));
+            if let Some(dir) = &self.basic_auth_dir {
+                cmd.arg("--basic-auth-dir").arg(dir);
+            }
+            cmd
         })?;
         if !output.status.success() {
             bail!(
@@ -357,6 +372,9 @@ impl Reflektor {
             .stdin(Stdio::null());
         let log = File::create(&log_file)?;
         cmd.stderr(log.try_clone()?).stdout(log);
+        if let Some(dir) = &self.basic_auth_dir {
+            cmd.arg("--basic-auth-dir").arg(dir);
+        }
         if let Some(peering) = &peering {
             cmd.arg(format!("--router-addr={}", peering.router))
                 .arg("--data-dir")

@@ -445,10 +445,17 @@ async fn big_image() -> Result<(Upstream, PushedImage, tempfile::TempDir)> {
     Ok((upstream, pushed, dir))
 }
 
-/// Starts the three members, each bootstrapped with the other two.
-async fn three_members(reflektor: &Reflektor, data: &Path) -> Result<Vec<Member>> {
+/// Starts the three members, each bootstrapped with the other two; their
+/// nodes are named `{prefix}-<suite>` and their addresses are 127.0.0.`net`
+/// to 127.0.0.`net + 2`, so that tests running at once do not meet.
+async fn three_members(
+    reflektor: &Reflektor,
+    data: &Path,
+    prefix: &str,
+    net: u8,
+) -> Result<Vec<Member>> {
     let suites = [Suite::Bookworm, Suite::Trixie, Suite::Sid];
-    let ips = [loopback(31), loopback(32), loopback(33)];
+    let ips = [loopback(net), loopback(net + 1), loopback(net + 2)];
     let routers = ips
         .iter()
         .map(|ip| http::free_port(*ip))
@@ -459,9 +466,9 @@ async fn three_members(reflektor: &Reflektor, data: &Path) -> Result<Vec<Member>
         support::build(suites[2]),
     )?;
     let nodes = tokio::try_join!(
-        ContainerdNode::start(&bookworm, NodeConfig::new("kill-bookworm")),
-        ContainerdNode::start(&trixie, NodeConfig::new("kill-trixie")),
-        ContainerdNode::start(&sid, NodeConfig::new("kill-sid")),
+        ContainerdNode::start(&bookworm, NodeConfig::new(format!("{prefix}-bookworm"))),
+        ContainerdNode::start(&trixie, NodeConfig::new(format!("{prefix}-trixie"))),
+        ContainerdNode::start(&sid, NodeConfig::new(format!("{prefix}-sid"))),
     )?;
     let mut members = Vec::new();
     for (i, node) in [nodes.0, nodes.1, nodes.2].into_iter().enumerate() {
@@ -494,8 +501,10 @@ async fn killing_the_serving_agent_mid_blob_resumes_from_the_other_holder() -> R
     let reflektor = Reflektor::locate()?;
     let data = tempfile::tempdir()?;
     let started = Instant::now();
-    let ((mut upstream, pushed, _layout), mut members) =
-        tokio::try_join!(big_image(), three_members(&reflektor, data.path()))?;
+    let ((mut upstream, pushed, _layout), mut members) = tokio::try_join!(
+        big_image(),
+        three_members(&reflektor, data.path(), "kill", 31)
+    )?;
     eprintln!(
         "built a {} MiB layer and three nodes in {:?}",
         BIG_BLOB / MIB,
@@ -619,6 +628,183 @@ async fn killing_the_serving_agent_mid_blob_resumes_from_the_other_holder() -> R
         if i != victim {
             stop_agent(member.agent, member.node.name()).await?;
         }
+        member.node.stop().await?;
+    }
+    Ok(())
+}
+
+/// Drops every packet to one address and port while it lives, as a dead
+/// hostPort does: an iptables rule in the INPUT chain, deleted on drop.
+struct Blackhole {
+    rule: Vec<String>,
+}
+
+impl Blackhole {
+    fn new(target: SocketAddr) -> Result<Self> {
+        let rule: Vec<String> = [
+            "INPUT",
+            "-p",
+            "tcp",
+            "-d",
+            &target.ip().to_string(),
+            "--dport",
+            &target.port().to_string(),
+            "-j",
+            "DROP",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        let status = std::process::Command::new("iptables")
+            .arg("-I")
+            .args(&rule)
+            .status()
+            .context("running iptables (Debian's iptables package)")?;
+        ensure!(
+            status.success(),
+            "iptables -I {} exited with {status}",
+            rule.join(" ")
+        );
+        Ok(Self { rule })
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        let deleted = std::process::Command::new("iptables")
+            .arg("-D")
+            .args(&self.rule)
+            .status();
+        if !deleted.is_ok_and(|s| s.success()) {
+            eprintln!(
+                "could not delete the rule; run `iptables -D {}` by hand",
+                self.rule.join(" ")
+            );
+        }
+    }
+}
+
+/// The most a pull may take when one of the two holders silently drops
+/// every packet: about half a second undisturbed, and the hedge after
+/// 300 ms moves each request on. Without it, every request waited for
+/// the dead peer: 20 s for this image.
+const BLACKHOLE_BUDGET: Duration = Duration::from_secs(5);
+
+/// Spegel #739, a blackholed hostPort: nodes 1 and 3 hold an image of
+/// twelve 4 MiB layers, node 1's registry port drops every packet, the
+/// upstream is stopped, and node 2 pulls through its agent. The pull must
+/// come from node 3 within [`BLACKHOLE_BUDGET`], node 2's agent must name
+/// node 1 in a warning, and containerd must hold every layer whole, with
+/// nothing left half-written in its ingest directory.
+#[tokio::test]
+async fn a_blackholed_peer_costs_a_pull_well_under_its_timeouts() -> Result<()> {
+    if !support::root_or_skip("blackholed peer") {
+        return Ok(());
+    }
+    let reflektor = Reflektor::locate()?;
+    let data = tempfile::tempdir()?;
+    let dir = tempfile::tempdir()?;
+    let layout_dir = dir.path().to_owned();
+    let build = tokio::task::spawn_blocking(move || {
+        let mut layout = OciLayout::create(&layout_dir, SEED + 1)?;
+        let layers = vec![LayerSpec::uncompressed(4 * MIB); 12];
+        let image = layout.add_image("layers-v1", &Platform::host()?, &layers)?;
+        anyhow::Ok((layout, image))
+    });
+    let (upstream, built, members) = tokio::join!(
+        Upstream::start(),
+        build,
+        three_members(&reflektor, data.path(), "blackhole", 41)
+    );
+    let (mut upstream, (layout, image), members) = (upstream?, built??, members?);
+    let pushed = upstream.push(&layout, &image, "e2e/layers").await?;
+    let held = digests_held(&pushed)?;
+    let (dead, puller, alive) = (&members[0], &members[1], &members[2]);
+    for holder in [dead, alive] {
+        upstream.configure_node(&holder.node)?;
+        Cri::connect(&holder.node)
+            .await?
+            .pull_image(&pushed.by_tag)
+            .await?;
+        eventually(
+            &format!("{} advertising the image", holder.node.name()),
+            || async { Ok(holder.agent.metric(&ADVERTISED_DIGESTS).await? >= held) },
+        )
+        .await?;
+    }
+    reflektor.configure_mirror(&puller.node, puller.agent.addr(), upstream.addr())?;
+    upstream.stop().await?;
+
+    let blackhole = Blackhole::new(dead.agent.addr())?;
+    let started = Instant::now();
+    let pulled = Cri::connect(&puller.node)
+        .await?
+        .pull_image(&pushed.by_tag)
+        .await;
+    let took = started.elapsed();
+    drop(blackhole);
+    pulled.with_context(|| {
+        format!(
+            "pulling with {}'s port blackholed; {}",
+            dead.node.name(),
+            logged(&puller.agent, "reflektor::registry")
+        )
+    })?;
+    eprintln!(
+        "pulled {} MiB in {took:?} with {}'s registry port ({}) blackholed",
+        12 * 4,
+        dead.node.name(),
+        dead.agent.addr()
+    );
+    let warned =
+        puller.agent.log().lines().any(|line| {
+            line.contains("peer failed") && line.contains(&dead.agent.addr().to_string())
+        });
+    ensure!(
+        warned,
+        "{}'s agent did not name {} in a warning; {}",
+        puller.node.name(),
+        dead.agent.addr(),
+        logged(&puller.agent, "reflektor::registry")
+    );
+    ensure!(
+        took <= BLACKHOLE_BUDGET,
+        "the pull took {took:?}, over {BLACKHOLE_BUDGET:?}"
+    );
+    let layers = &pushed
+        .image
+        .platform(&Platform::host()?)
+        .context("the image has the host's platform")?
+        .layers;
+    let blobs = puller.node.content_dir().join("blobs/sha256");
+    for layer in layers {
+        let hex = layer
+            .blob
+            .digest
+            .strip_prefix("sha256:")
+            .context("a sha256 layer digest")?;
+        let bytes = std::fs::read(blobs.join(hex)).with_context(|| {
+            format!(
+                "reading layer {} from containerd's store",
+                layer.blob.digest
+            )
+        })?;
+        ensure!(
+            hex::encode(Sha256::digest(&bytes)) == hex,
+            "containerd stored layer {} with other bytes",
+            layer.blob.digest
+        );
+    }
+    let ingest = puller.node.content_dir().join("ingest");
+    let leftovers = std::fs::read_dir(&ingest).map_or(0, |d| d.count());
+    ensure!(
+        leftovers == 0,
+        "{leftovers} half-written entries in {}",
+        ingest.display()
+    );
+
+    for member in members {
+        stop_agent(member.agent, member.node.name()).await?;
         member.node.stop().await?;
     }
     Ok(())

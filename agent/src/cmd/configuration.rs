@@ -3,17 +3,23 @@
 
 use std::process::ExitCode;
 
+use crate::auth::BasicAuth;
 use crate::cli::ConfigurationArgs;
 use crate::doctor::{self, Status};
 use crate::mirror_config::{self, MirrorRequest};
 
 pub async fn configure(args: ConfigurationArgs) -> anyhow::Result<ExitCode> {
+    let auth = BasicAuth::load(&args.auth.basic_auth_dir)?;
+    if auth.is_some() {
+        tracing::info!(dir = %args.auth.basic_auth_dir.display(), "writing basic-auth credentials into hosts.toml");
+    }
     let request = MirrorRequest {
         registries: args.mirror.registries(),
         targets: args.mirror_targets,
         resolve_tags: args.mirror.resolve_tags,
         prepend_existing: args.prepend_existing,
         dial_timeout: args.dial_timeout,
+        auth,
     };
     let config = match request.validate() {
         Ok(config) => config,

@@ -114,7 +114,32 @@ fn options(args: &ManifestsArgs) -> anyhow::Result<Options> {
         },
         service_monitor: args.service_monitor,
         grafana_dashboard: args.grafana_dashboard,
+        basic_auth_secret_name: args
+            .basic_auth_secret_name
+            .as_deref()
+            .map(|name| dns_subdomain(name, "--basic-auth-secret-name"))
+            .transpose()?,
     })
+}
+
+/// A Secret's name: a DNS subdomain (RFC 1123), as the API server checks.
+fn dns_subdomain(name: &str, flag: &str) -> anyhow::Result<String> {
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    anyhow::ensure!(
+        valid,
+        "{flag} {name:?}: expected a Secret name, lowercase letters, digits, '-' and '.', \
+         such as reflektor-basic-auth"
+    );
+    Ok(name.to_owned())
 }
 
 fn dns_label(name: &str, flag: &str) -> anyhow::Result<String> {

@@ -12,10 +12,11 @@ use super::doctor::preflight;
 use super::listen::bind;
 use super::peers;
 use super::signals::stop_on_signal;
-use crate::cli::RegistryArgs;
+use crate::auth::BasicAuth;
+use crate::cli::{LimitArgs, RegistryArgs};
 use crate::metrics::{self, Metrics};
 use crate::oci::Filter;
-use crate::registry::{self, AppState, Mirror, MirrorConfig};
+use crate::registry::{self, AppState, LimitHits, Mirror, MirrorConfig, ServerLimits};
 use crate::routing::Router;
 use crate::runtime::Namespace;
 use crate::state::StateSync;
@@ -92,6 +93,12 @@ pub async fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
             shutdown.clone(),
         ));
     }
+    let limits = server_limits(&args.limits)?;
+    let auth = BasicAuth::load(&args.auth.basic_auth_dir)?;
+    if auth.is_some() {
+        tracing::info!(dir = %args.auth.basic_auth_dir.display(), "basic auth on: /v2/ requires the credentials, and peers are sent them");
+    }
+    let hits = Arc::new(LimitHits::new(Arc::clone(&metrics)));
     let mirror = router.as_ref().map(|router| {
         Mirror::new(
             Arc::new(router.clone()),
@@ -99,8 +106,12 @@ pub async fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
                 resolve_timeout: args.peers.mirror_resolve_timeout.get(),
                 retries: args.peers.mirror_resolve_retries.max(1),
                 resolve_tags: args.mirror.resolve_tags,
+                max_peer_requests: args.limits.max_peer_requests as usize,
+                auth: auth.clone(),
+                verify: args.peers.verify_peer_content,
             },
             Arc::clone(&metrics),
+            Arc::clone(&hits),
         )
     });
     let app = registry::router(Arc::new(AppState {
@@ -108,6 +119,7 @@ pub async fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
         filter,
         mirror,
         peers,
+        auth,
     }));
     tracing::info!(
         registry = %registry_listener.local_addr()?,
@@ -118,7 +130,14 @@ pub async fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
     let metrics_server = axum::serve(metrics_listener, metrics::router(Arc::clone(&metrics)))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let (registry_result, metrics_result) = tokio::join!(
-        registry::server::serve(registry_listener, app, metrics, shutdown.clone()),
+        registry::server::serve(
+            registry_listener,
+            app,
+            metrics,
+            limits,
+            hits,
+            shutdown.clone()
+        ),
         metrics_server
     );
     if let Some(router) = router {
@@ -128,6 +147,27 @@ pub async fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
     metrics_result.context("metrics listener failed")?;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The server's bounds from their flags; a zero timeout would close every
+/// connection at once, so it is refused.
+fn server_limits(args: &LimitArgs) -> anyhow::Result<ServerLimits> {
+    for (flag, value) in [
+        ("--request-header-timeout", &args.request_header_timeout),
+        ("--idle-timeout", &args.idle_timeout),
+    ] {
+        anyhow::ensure!(
+            !value.is_zero(),
+            "{flag} {value}: expected a positive duration such as 10s; 0 would close every \
+             connection before its first request"
+        );
+    }
+    Ok(ServerLimits {
+        max_connections: args.max_connections as usize,
+        header_timeout: args.request_header_timeout.get(),
+        idle_timeout: args.idle_timeout.get(),
+        max_header_bytes: args.max_request_header_bytes as usize,
+    })
 }
 
 /// Copies the router's figures into the metrics every second: cheap (one

@@ -8,7 +8,7 @@ use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetUpdateStrategy, RollingUpda
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     HostPathVolumeSource, ObjectFieldSelector, PodSpec, Probe, ResourceRequirements,
-    SecurityContext, Volume, VolumeMount,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -338,8 +338,41 @@ fn resources(options: &Options) -> ResourceRequirements {
     }
 }
 
+/// The basic-auth Secret's volume and its mount, read-only, where both
+/// containers read the credentials (as in Spegel's chart).
+fn basic_auth(options: &Options) -> Option<(Volume, VolumeMount)> {
+    let secret = options.basic_auth_secret_name.as_ref()?;
+    let volume = Volume {
+        name: "basic-auth".to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.clone()),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    };
+    let mount = VolumeMount {
+        name: "basic-auth".to_owned(),
+        mount_path: crate::auth::DEFAULT_DIR.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    };
+    Some((volume, mount))
+}
+
 pub fn agent(options: &Options) -> DaemonSet {
     let dirs = HostDirs::new(options);
+    let mut volumes = dirs.volumes();
+    let mut init = init_container(options, &dirs);
+    let mut registry = registry_container(options, &dirs);
+    if let Some((volume, mount)) = basic_auth(options) {
+        volumes.push(volume);
+        for container in [&mut init, &mut registry] {
+            container
+                .volume_mounts
+                .get_or_insert_with(Vec::new)
+                .push(mount.clone());
+        }
+    }
     let mut agent = daemon_set(
         NAME,
         options,
@@ -350,9 +383,9 @@ pub fn agent(options: &Options) -> DaemonSet {
             // Cluster DNS for the bootstrap Service, from the host network.
             dns_policy: Some("ClusterFirstWithHostNet".to_owned()),
             termination_grace_period_seconds: Some(30),
-            init_containers: Some(vec![init_container(options, &dirs)]),
-            containers: vec![registry_container(options, &dirs)],
-            volumes: Some(dirs.volumes()),
+            init_containers: Some(vec![init]),
+            containers: vec![registry],
+            volumes: Some(volumes),
             ..PodSpec::default()
         },
     );

@@ -100,6 +100,9 @@ pub struct Options {
     pub node_selector: BTreeMap<String, String>,
     pub service_monitor: bool,
     pub grafana_dashboard: bool,
+    /// A Secret with `username` and `password`, mounted where the agent
+    /// (and Spegel) read basic-auth credentials.
+    pub basic_auth_secret_name: Option<String>,
 }
 
 impl Default for Options {
@@ -133,6 +136,7 @@ impl Default for Options {
             node_selector: BTreeMap::from([("kubernetes.io/os".to_owned(), "linux".to_owned())]),
             service_monitor: false,
             grafana_dashboard: false,
+            basic_auth_secret_name: None,
         }
     }
 }

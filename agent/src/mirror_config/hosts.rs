@@ -4,6 +4,8 @@
 
 use toml::{Table, Value};
 
+use crate::auth::BasicAuth;
+
 use super::values::{DialTimeout, HttpUrl, MirrorTarget, MirroredRegistry};
 
 /// The first line of every `hosts.toml` reflektor writes. Cleanup without a
@@ -50,6 +52,8 @@ pub struct MirrorRequest {
     /// Keep the existing configuration in effect, after ours.
     pub prepend_existing: bool,
     pub dial_timeout: DialTimeout,
+    /// Credentials the mirror requires, sent by containerd as a header.
+    pub auth: Option<BasicAuth>,
 }
 
 /// A checked request: at least one target, no registry or target twice.
@@ -60,6 +64,7 @@ pub struct MirrorConfig {
     resolve_tags: bool,
     prepend_existing: bool,
     dial_timeout: DialTimeout,
+    auth: Option<BasicAuth>,
 }
 
 impl MirrorRequest {
@@ -100,6 +105,7 @@ impl MirrorRequest {
             resolve_tags: self.resolve_tags,
             prepend_existing: self.prepend_existing,
             dial_timeout: self.dial_timeout,
+            auth: self.auth,
         })
     }
 }
@@ -257,6 +263,14 @@ impl MirrorConfig {
                 "\n[host.\"{target}\"]\ncapabilities = {capabilities}\ndial_timeout = \"{}\"\n",
                 self.dial_timeout
             ));
+            // The header table Spegel writes: the value is base64, so it
+            // needs no escaping.
+            if let Some(auth) = &self.auth {
+                text.push_str(&format!(
+                    "[host.\"{target}\".header]\nAuthorization = \"{}\"\n",
+                    auth.header_value()
+                ));
+            }
         }
 
         let mut kept_hosts = 0;

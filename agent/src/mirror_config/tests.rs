@@ -14,6 +14,7 @@ fn request(registries: &[&str], targets: &[&str]) -> MirrorRequest {
         resolve_tags: true,
         prepend_existing: false,
         dial_timeout: "200ms".parse().unwrap(),
+        auth: None,
     }
 }
 
@@ -215,6 +216,29 @@ fn resolve_tags_off_allows_only_pull() {
     request.dial_timeout = "1.5s".parse().unwrap();
     let (_tmp, root, _) = configured(&[], request);
     insta::assert_snapshot!(live_tree(&root));
+}
+
+/// With credentials, each of our hosts gets Spegel's header table, which
+/// containerd sends with every request to that host; the upstream gets none.
+#[test]
+fn basic_auth_is_each_mirror_hosts_header() {
+    let mut request = request(
+        &["https://docker.io"],
+        &["http://127.0.0.1:30020", "http://127.0.0.1:30021"],
+    );
+    request.auth = Some(crate::auth::BasicAuth::new("hello", "world"));
+    let (_tmp, root, _) = configured(&[], request);
+    live_tree(&root);
+    let text = fs::read_to_string(root.join("docker.io").join(HOSTS_TOML)).unwrap();
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    assert_eq!(table.get("header"), None, "{text}");
+    for target in ["http://127.0.0.1:30020", "http://127.0.0.1:30021"] {
+        assert_eq!(
+            table["host"][target]["header"]["Authorization"].as_str(),
+            Some("Basic aGVsbG86d29ybGQ="),
+            "{text}"
+        );
+    }
 }
 
 const ORIGINAL_DOCKER_HOSTS: &str = r#"# The company pull-through cache first.

@@ -64,6 +64,54 @@ impl Digest {
     }
 }
 
+impl Digest {
+    /// A hasher for bytes that claim to be this digest's content, checked
+    /// as they stream instead of after gathering them.
+    pub fn verifier(&self) -> Verifier {
+        use sha2::Digest as _;
+        let hasher = match self.algorithm {
+            Algorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
+            Algorithm::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
+        };
+        Verifier {
+            expected: self.clone(),
+            hasher,
+        }
+    }
+}
+
+/// See [`Digest::verifier`].
+pub struct Verifier {
+    expected: Digest,
+    hasher: Hasher,
+}
+
+enum Hasher {
+    Sha256(sha2::Sha256),
+    Sha512(sha2::Sha512),
+}
+
+impl Verifier {
+    pub fn update(&mut self, bytes: &[u8]) {
+        use sha2::Digest as _;
+        match &mut self.hasher {
+            Hasher::Sha256(hasher) => hasher.update(bytes),
+            Hasher::Sha512(hasher) => hasher.update(bytes),
+        }
+    }
+
+    /// The digest of what was hashed, when it is not the expected one.
+    pub fn mismatch(self) -> Option<Digest> {
+        use sha2::Digest as _;
+        let (algorithm, hex) = match self.hasher {
+            Hasher::Sha256(hasher) => (Algorithm::Sha256, hex::encode(hasher.finalize())),
+            Hasher::Sha512(hasher) => (Algorithm::Sha512, hex::encode(hasher.finalize())),
+        };
+        let actual = Digest { algorithm, hex };
+        (actual != self.expected).then_some(actual)
+    }
+}
+
 impl FromStr for Digest {
     type Err = DigestError;
 
@@ -121,6 +169,21 @@ mod tests {
         assert_eq!(digest, Digest::sha256_of(b""));
         let long = format!("sha512:{}", "a".repeat(128));
         assert_eq!(long.parse::<Digest>().unwrap().to_string(), long);
+    }
+
+    #[test]
+    fn a_verifier_checks_bytes_fed_in_pieces() {
+        let expected = Digest::sha256_of(b"hello world");
+        let mut verifier = expected.verifier();
+        verifier.update(b"hello ");
+        verifier.update(b"world");
+        assert_eq!(verifier.mismatch(), None);
+        let mut verifier = expected.verifier();
+        verifier.update(b"hello there");
+        assert_eq!(verifier.mismatch(), Some(Digest::sha256_of(b"hello there")));
+        // sha512 of "": the well-known value.
+        let empty512: Digest = "sha512:cf83e1357eefb8bdf1542850d66d8007d620e4050b5715dc83f4a921d36ce9ce47d0d13c5d85f2b0ff8318d2877eec2f63b931bd47417a81a538327af927da3e".parse().unwrap();
+        assert_eq!(empty512.verifier().mismatch(), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ mod filter;
 pub mod media_type;
 mod reference;
 
-pub use digest::{Algorithm, Digest, DigestError};
+pub use digest::{Algorithm, Digest, DigestError, Verifier};
 pub use filter::Filter;
 pub use reference::{Name, NameError, Reference, RegistryHost, RegistryHostError, Tag};
 

@@ -30,6 +30,11 @@ pub enum RegistryError {
     Unsupported(String),
     #[error("{0}")]
     MethodNotAllowed(String),
+    #[error(
+        "this mirror needs basic-auth credentials: the ones in the agents' \
+         /etc/secrets/basic-auth, which `reflektor configuration` writes into hosts.toml"
+    )]
+    Unauthorized,
     /// The store failed for a reason of its own; the details go to the log,
     /// not to the client, so the message leaves them out.
     #[error("the content store is unavailable")]
@@ -50,6 +55,7 @@ impl RegistryError {
             }
             RegistryError::Unsupported(_) => (StatusCode::NOT_FOUND, "UNSUPPORTED"),
             RegistryError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED"),
+            RegistryError::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             RegistryError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
         }
     }
@@ -100,6 +106,13 @@ impl IntoResponse for RegistryError {
         }
         let body = json!({"errors": [{"code": code, "message": self.to_string()}]});
         let mut response = (status, Json(body)).into_response();
+        if let RegistryError::Unauthorized = self {
+            // RFC 9110 asks a 401 to say which scheme answers it.
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Basic realm=\"reflektor\""),
+            );
+        }
         if let RegistryError::RangeNotSatisfiable(_, size) = self {
             response.headers_mut().insert(
                 axum::http::header::CONTENT_RANGE,

@@ -22,22 +22,36 @@ use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::RegistryError;
+use super::limits::{Limit, LimitHits};
+use super::peer_health::{self, PeerHealth};
 use super::target::{Kind, Target};
+use crate::auth::BasicAuth;
 use crate::http_client::PeerClient;
-use crate::metrics::{Metrics, Source};
-use crate::oci::Reference;
+use crate::metrics::{Metrics, PeerFailure, Source};
+use crate::oci::{Digest, Reference, Verifier};
 
 /// Marks a request one agent forwarded to another. A request carrying it
 /// is answered from local content only, so two nodes can never bounce a
 /// request between them.
 pub const FORWARDED_HEADER: &str = "x-reflektor-forwarded";
 
+/// How long a peer may take to accept a connection. Inside a cluster a
+/// connect takes a millisecond; one that takes a second is a dropped SYN,
+/// and waiting for the kernel's retransmits would hold the pull.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a peer may take to send its response head.
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the mirror waits for a peer's head before it asks the next
+/// provider as well. A peer answers from its own store in milliseconds;
+/// one that has said nothing by now is likely a silent one.
+const HEDGE_AFTER: Duration = Duration::from_millis(300);
 /// How long a body may stall before the peer counts as failed.
 const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -56,6 +70,12 @@ pub struct MirrorConfig {
     /// Whether tags are resolved through peers; without it, only digests
     /// are, which is what containerd asks for after resolving a tag upstream.
     pub resolve_tags: bool,
+    /// Requests forwarded at once, bodies included.
+    pub max_peer_requests: usize,
+    /// Sent to peers, which require the same credentials.
+    pub auth: Option<BasicAuth>,
+    /// Whether whole bodies from peers are checked against their digest.
+    pub verify: bool,
 }
 
 pub struct Mirror {
@@ -63,6 +83,10 @@ pub struct Mirror {
     client: PeerClient,
     config: MirrorConfig,
     metrics: Arc<Metrics>,
+    health: Arc<PeerHealth>,
+    /// One permit per forwarded request, held until its body is done.
+    slots: Arc<Semaphore>,
+    hits: Arc<LimitHits>,
 }
 
 /// The headers a peer's answer may pass on to the client.
@@ -79,13 +103,17 @@ impl Mirror {
         lookup: Arc<dyn ProviderLookup>,
         config: MirrorConfig,
         metrics: Arc<Metrics>,
+        hits: Arc<LimitHits>,
     ) -> Self {
-        let client = crate::http_client::client(HEAD_TIMEOUT);
+        let client = crate::http_client::client(CONNECT_TIMEOUT);
         Self {
             lookup,
             client,
+            slots: Arc::new(Semaphore::new(config.max_peer_requests.max(1))),
             config,
             metrics,
+            health: Arc::default(),
+            hits,
         }
     }
 
@@ -101,48 +129,125 @@ impl Mirror {
         let Some(key) = self.key(target) else {
             return Err(miss);
         };
+        let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+            self.hits.hit(
+                Limit::PeerRequests,
+                "answered a request for content only peers hold with 404, every peer-request slot being taken",
+            );
+            return Err(miss);
+        };
         let registry = target
             .registry
             .as_ref()
             .map_or_else(|| "-".to_owned(), ToString::to_string);
         let started = Instant::now();
         let mut providers = Providers::new(Arc::clone(&self.lookup), key.clone(), &self.config);
-        let first = providers.next().await;
+        let first = providers.next(&self.health).await;
         self.metrics.observe_resolve(started.elapsed());
         let Some(first) = first else {
             self.metrics.mirror_request(&registry, false);
             return Err(miss);
         };
         let path = peer_path(target);
-        let range = headers.get(header::RANGE).cloned();
-        let accept = headers.get(header::ACCEPT).cloned();
-        let mut next = Some(first);
-        while let Some(peer) = next.take() {
-            let request = PeerRequest {
-                peer,
-                method: method.clone(),
-                path: path.clone(),
-                range: range.clone(),
-                accept: accept.clone(),
-            };
-            let response = match request.send(&self.client).await {
-                Ok(response) if response.status().is_success() => response,
-                Ok(response) => {
-                    tracing::debug!(%peer, status = %response.status(), %key, "peer refused");
-                    next = providers.next().await;
-                    continue;
-                }
-                Err(error) => {
-                    tracing::debug!(%peer, %error, %key, "peer failed");
-                    next = providers.next().await;
-                    continue;
-                }
-            };
-            self.metrics.mirror_request(&registry, true);
-            return Ok(self.relay(request, response, providers));
+        let authorization = self.config.auth.as_ref().map(|auth| {
+            HeaderValue::from_str(&auth.header_value()).expect("base64 is a valid header value")
+        });
+        let request = |peer| PeerRequest {
+            peer,
+            method: method.clone(),
+            path: path.clone(),
+            range: headers.get(header::RANGE).cloned(),
+            accept: headers.get(header::ACCEPT).cloned(),
+            authorization: authorization.clone(),
+        };
+        match self.race(request(first), &mut providers, request).await {
+            Some((request, response)) => {
+                self.metrics.mirror_request(&registry, true);
+                let digest = match &target.kind {
+                    Kind::Manifest(Reference::Digest(digest)) | Kind::Blob(digest) => Some(digest),
+                    Kind::Manifest(Reference::Tag(_)) => None,
+                };
+                Ok(self.relay(request, response, providers, digest, slot))
+            }
+            None => {
+                self.metrics.mirror_request(&registry, false);
+                Err(miss)
+            }
         }
-        self.metrics.mirror_request(&registry, false);
-        Err(miss)
+    }
+
+    /// Sends `first`, and when it has no answer after [`HEDGE_AFTER`] (or
+    /// fails), the same request to the next provider too, and so on: the
+    /// first success wins and the others are dropped. A healthy peer
+    /// answers a head in milliseconds, so the wait is the cost of a silent
+    /// one, which would otherwise hold the request for [`HEAD_TIMEOUT`].
+    /// A peer that failed or lost the race without a word is suspect.
+    async fn race(
+        &self,
+        first: PeerRequest,
+        providers: &mut Providers,
+        request: impl Fn(SocketAddr) -> PeerRequest,
+    ) -> Option<(PeerRequest, Response<Incoming>)> {
+        let mut waiting = vec![first.peer];
+        let mut racing = FuturesUnordered::new();
+        racing.push(first.sent(&self.client));
+        let mut more = true;
+        while !racing.is_empty() || more {
+            let hedge = tokio::time::sleep(HEDGE_AFTER);
+            tokio::select! {
+                Some((request, result)) = racing.next() => {
+                    waiting.retain(|peer| *peer != request.peer);
+                    match result {
+                        Ok(response) if response.status().is_success() => {
+                            self.health.cleared(request.peer);
+                            for loser in waiting {
+                                self.metrics.peer_failure(PeerFailure::Silent);
+                                self.suspect(loser, "no response head while another peer answered");
+                            }
+                            return Some((request, response));
+                        }
+                        Ok(response) => {
+                            // A peer without the key is a stale record, not a fault.
+                            tracing::debug!(peer = %request.peer, status = %response.status(), key = %providers.key, "peer refused");
+                        }
+                        Err(error) => {
+                            self.metrics.peer_failure(if error.kind() == io::ErrorKind::TimedOut {
+                                PeerFailure::NoHead
+                            } else {
+                                PeerFailure::Unreachable
+                            });
+                            self.suspect(request.peer, &error.to_string());
+                        }
+                    }
+                    if !racing.is_empty() {
+                        // The others are still in the race; a hedge comes
+                        // in its time.
+                        continue;
+                    }
+                }
+                () = hedge, if more => {}
+            }
+            match providers.next(&self.health).await {
+                Some(peer) => {
+                    waiting.push(peer);
+                    racing.push(request(peer).sent(&self.client));
+                }
+                None => more = false,
+            }
+        }
+        None
+    }
+
+    /// Marks a peer suspect, with a warning the first time.
+    fn suspect(&self, peer: SocketAddr, why: &str) {
+        if self.health.suspect(peer) {
+            tracing::warn!(
+                %peer,
+                why,
+                "peer failed; it is tried after every other provider for {}s",
+                peer_health::SUSPECT_FOR.as_secs()
+            );
+        }
     }
 
     /// The router key for a target: a digest, or with `--resolve-tags` a
@@ -162,11 +267,17 @@ impl Mirror {
 
     /// Passes a peer's answer on, its body wrapped so that a failure midway
     /// resumes from the next provider.
+    /// A whole body whose digest the request named is hashed as it passes,
+    /// and its last byte is held back unless the hash matches: a peer with
+    /// corrupt content (or a lying one) must not get its bytes handed on
+    /// as good. Ranges cannot be checked and pass as they are.
     fn relay(
         &self,
         request: PeerRequest,
         response: Response<Incoming>,
         spare: Providers,
+        digest: Option<&Digest>,
+        slot: OwnedSemaphorePermit,
     ) -> Response<Body> {
         let (parts, body) = response.into_parts();
         let mut relayed = Response::builder().status(parts.status);
@@ -183,8 +294,16 @@ impl Mirror {
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
             let first = first_byte(&parts.status, &parts.headers);
+            let verifier = digest
+                .filter(|_| self.config.verify && parts.status == StatusCode::OK)
+                .map(Digest::verifier);
             let resume = Resume {
                 client: self.client.clone(),
+                health: Arc::clone(&self.health),
+                metrics: Arc::clone(&self.metrics),
+                senders: vec![request.peer],
+                verifier,
+                _slot: slot,
                 request,
                 spare,
                 body,
@@ -231,13 +350,19 @@ impl Providers {
     }
 
     /// The next provider not tried yet, or `None` when the attempts are
-    /// spent or nobody else has the key.
-    async fn next(&mut self) -> Option<SocketAddr> {
+    /// spent or nobody else has the key. Suspects come last; when the one
+    /// provider of the narrow lookup is a suspect, the wide lookup runs at
+    /// once, so that a healthy holder is tried first.
+    async fn next(&mut self, health: &PeerHealth) -> Option<SocketAddr> {
         while self.tried.len() < self.attempts {
-            if let Some(peer) = self.found.pop_front() {
-                if !self.tried.contains(&peer) {
-                    self.tried.push(peer);
-                    return Some(peer);
+            if let Some(&peer) = self.found.front() {
+                let suspect_only = self.lookups == 1 && health.is_suspect(peer);
+                if !suspect_only || !self.widen(health).await {
+                    self.found.pop_front();
+                    if !self.tried.contains(&peer) {
+                        self.tried.push(peer);
+                        return Some(peer);
+                    }
                 }
                 continue;
             }
@@ -247,16 +372,31 @@ impl Providers {
             }
             let limit = if self.lookups == 0 { 1 } else { self.attempts };
             self.lookups += 1;
-            self.found = self
-                .lookup
-                .providers(&self.key, limit, self.timeout)
-                .await
-                .into();
+            let mut found = self.lookup.providers(&self.key, limit, self.timeout).await;
+            health.order(&mut found);
+            self.found = found.into();
             if self.found.is_empty() {
                 return None;
             }
         }
         None
+    }
+
+    /// The wide lookup, ahead of its turn; false when it finds no one
+    /// besides the providers already known.
+    async fn widen(&mut self, health: &PeerHealth) -> bool {
+        self.lookups += 1;
+        let mut found = self
+            .lookup
+            .providers(&self.key, self.attempts, self.timeout)
+            .await;
+        found.retain(|peer| !self.tried.contains(peer));
+        health.order(&mut found);
+        let news = found.iter().any(|peer| !self.found.contains(peer));
+        if news {
+            self.found = found.into();
+        }
+        news
     }
 }
 
@@ -268,6 +408,7 @@ struct PeerRequest {
     path: String,
     range: Option<HeaderValue>,
     accept: Option<HeaderValue>,
+    authorization: Option<HeaderValue>,
 }
 
 impl PeerRequest {
@@ -284,11 +425,21 @@ impl PeerRequest {
         if let Some(accept) = &self.accept {
             builder = builder.header(header::ACCEPT, accept);
         }
+        if let Some(authorization) = &self.authorization {
+            builder = builder.header(header::AUTHORIZATION, authorization);
+        }
         let outgoing = builder.body(Empty::new()).map_err(io::Error::other)?;
         tokio::time::timeout(HEAD_TIMEOUT, client.request(outgoing))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no response head in time"))?
             .map_err(io::Error::other)
+    }
+
+    /// [`Self::send`], its answer paired with the request: the form a race
+    /// of several requests needs.
+    async fn sent(self, client: &PeerClient) -> (Self, io::Result<Response<Incoming>>) {
+        let result = self.send(client).await;
+        (self, result)
     }
 }
 
@@ -325,6 +476,14 @@ fn first_byte(status: &StatusCode, headers: &HeaderMap) -> u64 {
 /// provider for the rest, from the byte it stopped at.
 struct Resume {
     client: PeerClient,
+    health: Arc<PeerHealth>,
+    metrics: Arc<Metrics>,
+    /// Every peer that sent part of the body, for the blame when it does
+    /// not match its digest.
+    senders: Vec<SocketAddr>,
+    verifier: Option<Verifier>,
+    /// Held while the body streams.
+    _slot: OwnedSemaphorePermit,
     request: PeerRequest,
     spare: Providers,
     body: Incoming,
@@ -344,11 +503,21 @@ impl Resume {
                     Ok(Some(Ok(frame))) => {
                         if let Ok(data) = frame.into_data() {
                             state.delivered += data.len() as u64;
+                            if let Some(verifier) = &mut state.verifier {
+                                verifier.update(&data);
+                            }
+                            if state.length.is_some_and(|l| state.delivered >= l)
+                                && let Err(error) = state.verify()
+                            {
+                                return Some((Err(error), None));
+                            }
                             return Some((Ok(data), Some(state)));
                         }
                     }
                     Ok(None) if state.length.is_none_or(|l| state.delivered >= l) => {
-                        return None;
+                        // Without a length, the end is the first moment to
+                        // check; failing now still breaks the response.
+                        return state.verify().err().map(|error| (Err(error), None));
                     }
                     failure => {
                         let error = match failure {
@@ -357,6 +526,8 @@ impl Resume {
                             _ => "the peer stalled".to_owned(),
                         };
                         tracing::warn!(peer = %state.request.peer, %error, delivered = state.delivered, "resuming from another provider");
+                        state.metrics.peer_failure(PeerFailure::Body);
+                        state.health.suspect(state.request.peer);
                         if let Err(error) = state.resume().await {
                             return Some((Err(error), None));
                         }
@@ -364,6 +535,28 @@ impl Resume {
                 }
             }
         })
+    }
+
+    /// Checks the whole body against its digest, once; on a mismatch every
+    /// peer that sent part of it is suspect.
+    fn verify(&mut self) -> io::Result<()> {
+        let Some(actual) = self.verifier.take().and_then(Verifier::mismatch) else {
+            return Ok(());
+        };
+        self.metrics.peer_failure(PeerFailure::DigestMismatch);
+        for peer in &self.senders {
+            self.health.suspect(*peer);
+        }
+        tracing::warn!(
+            peers = ?self.senders,
+            path = %self.request.path,
+            %actual,
+            "peer sent content that does not match its digest; the response is cut short"
+        );
+        Err(io::Error::other(format!(
+            "the body from {:?} has digest {actual}, not the one requested",
+            self.senders
+        )))
     }
 
     /// Asks the spare providers, in turn, for the rest of the body.
@@ -380,7 +573,7 @@ impl Resume {
         ) else {
             return Err(io::Error::other("a peer sent an impossible range"));
         };
-        while let Some(peer) = self.spare.next().await {
+        while let Some(peer) = self.spare.next(&self.health).await {
             let mut request = self.request.clone();
             request.peer = peer;
             request.range =
@@ -392,6 +585,7 @@ impl Resume {
             if first_byte(&response.status(), response.headers()) != from {
                 continue;
             }
+            self.senders.push(request.peer);
             self.request = request;
             self.body = response.into_body();
             return Ok(());
@@ -435,6 +629,9 @@ mod tests {
             resolve_timeout: Duration::from_secs(1),
             retries,
             resolve_tags: true,
+            max_peer_requests: 8,
+            auth: None,
+            verify: true,
         };
         let providers = Providers::new(lookup.clone(), "sha256:k".to_owned(), &config);
         (lookup, providers)
@@ -442,23 +639,48 @@ mod tests {
 
     #[tokio::test]
     async fn the_first_provider_needs_one_and_a_failure_widens_once() {
+        let healthy = PeerHealth::default();
         let (lookup, mut p) = providers(&[1, 2, 3, 4], 3);
-        assert_eq!(p.next().await.map(|a| a.port()), Some(1));
+        assert_eq!(p.next(&healthy).await.map(|a| a.port()), Some(1));
         assert_eq!(*lookup.limits.lock().unwrap(), vec![1]);
-        assert_eq!(p.next().await.map(|a| a.port()), Some(2));
-        assert_eq!(p.next().await.map(|a| a.port()), Some(3));
-        assert_eq!(p.next().await, None, "three attempts in all");
+        assert_eq!(p.next(&healthy).await.map(|a| a.port()), Some(2));
+        assert_eq!(p.next(&healthy).await.map(|a| a.port()), Some(3));
+        assert_eq!(p.next(&healthy).await, None, "three attempts in all");
         assert_eq!(*lookup.limits.lock().unwrap(), vec![1, 3]);
     }
 
     #[tokio::test]
     async fn nobody_or_nobody_else_ends_it() {
+        let healthy = PeerHealth::default();
         let (lookup, mut p) = providers(&[], 3);
-        assert_eq!(p.next().await, None);
+        assert_eq!(p.next(&healthy).await, None);
         assert_eq!(*lookup.limits.lock().unwrap(), vec![1]);
         let (lookup, mut p) = providers(&[7], 3);
-        assert_eq!(p.next().await.map(|a| a.port()), Some(7));
-        assert_eq!(p.next().await, None, "only the peer already tried");
+        assert_eq!(p.next(&healthy).await.map(|a| a.port()), Some(7));
+        assert_eq!(p.next(&healthy).await, None, "only the peer already tried");
         assert_eq!(*lookup.limits.lock().unwrap(), vec![1, 3]);
+    }
+
+    #[tokio::test]
+    async fn a_suspect_found_alone_widens_the_lookup_at_once() {
+        let health = PeerHealth::default();
+        health.suspect(SocketAddr::from(([127, 0, 0, 1], 1)));
+        let (lookup, mut p) = providers(&[1, 2, 3], 3);
+        assert_eq!(p.next(&health).await.map(|a| a.port()), Some(2));
+        assert_eq!(*lookup.limits.lock().unwrap(), vec![1, 3]);
+        assert_eq!(p.next(&health).await.map(|a| a.port()), Some(3));
+        assert_eq!(
+            p.next(&health).await.map(|a| a.port()),
+            Some(1),
+            "still tried, last"
+        );
+        assert_eq!(p.next(&health).await, None);
+
+        let (_, mut p) = providers(&[1], 3);
+        assert_eq!(
+            p.next(&health).await.map(|a| a.port()),
+            Some(1),
+            "a suspect that is the only holder is still tried"
+        );
     }
 }

@@ -5,12 +5,15 @@
 
 mod error;
 mod filter;
+mod limits;
 mod mirror;
+mod peer_health;
 mod range;
 pub mod server;
 mod target;
 
 pub use error::RegistryError;
+pub use limits::{LimitHits, ServerLimits};
 pub use mirror::{FORWARDED_HEADER, Mirror, MirrorConfig, ProviderLookup};
 pub use server::SendFile;
 
@@ -24,6 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use futures::StreamExt;
 
+use crate::auth::BasicAuth;
 use crate::metrics::Source;
 use crate::oci::{Digest, Filter, Reference, media_type};
 use crate::store::{BlobBody, ByteRange, ContentStore};
@@ -46,6 +50,9 @@ pub struct AppState {
     /// Also required for `/readyz`: with peer routing, the first bootstrap
     /// round over.
     pub peers: Option<Arc<dyn Readiness>>,
+    /// Credentials `/v2/` requires; `None` serves everyone. Health
+    /// endpoints stay open, as kubelet's probes carry none.
+    pub auth: Option<BasicAuth>,
 }
 
 /// Something `/readyz` waits for besides the content store.
@@ -81,16 +88,34 @@ fn pull_only(method: &Method) -> Result<(), RegistryError> {
     }
 }
 
-async fn base(method: Method) -> Response {
-    let response = pull_only(&method).map(|()| {
-        (
-            [(
-                "docker-distribution-api-version",
-                HeaderValue::from_static("registry/2.0"),
-            )],
-            axum::Json(serde_json::json!({})),
-        )
-    });
+/// Checks the request's credentials when the mirror has some.
+fn authorized(state: &AppState, headers: &HeaderMap) -> Result<(), RegistryError> {
+    match &state.auth {
+        Some(auth)
+            if !auth.accepts(
+                headers
+                    .get(header::AUTHORIZATION)
+                    .map(HeaderValue::as_bytes),
+            ) =>
+        {
+            Err(RegistryError::Unauthorized)
+        }
+        _ => Ok(()),
+    }
+}
+
+async fn base(State(state): State<Arc<AppState>>, method: Method, headers: HeaderMap) -> Response {
+    let response = authorized(&state, &headers)
+        .and_then(|()| pull_only(&method))
+        .map(|()| {
+            (
+                [(
+                    "docker-distribution-api-version",
+                    HeaderValue::from_static("registry/2.0"),
+                )],
+                axum::Json(serde_json::json!({})),
+            )
+        });
     with_route("base", response)
 }
 
@@ -107,6 +132,7 @@ async fn dispatch(
         "manifest"
     };
     let result = async {
+        authorized(&state, &headers)?;
         pull_only(&method)?;
         let target = Target::parse(path, uri.query())?;
         filter::check(&state.filter, &target)?;

@@ -32,24 +32,16 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::Route;
+use super::limits::{Limit, LimitHits, ServerLimits};
 use crate::metrics::{Metrics, Source};
 use crate::store::ByteRange;
 
-/// A request head larger than this is refused with 431: real clients send a
-/// few hundred bytes.
-const MAX_HEAD: usize = 16 * 1024;
+/// Real clients send a few dozen headers; more get 431, whatever the size.
 const MAX_HEADERS: usize = 64;
-/// How long a new connection may take to send its first request head;
-/// later heads get [`IDLE_TIMEOUT`], which covers the idle time before them.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long an idle kept-alive connection is held open.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a client may leave the socket full before it counts as gone:
 /// a reader that stops must not hold a connection slot, a file and perhaps
 /// a peer's connection forever.
 const WRITE_STALL: Duration = Duration::from_secs(30);
-/// A bound on connections, so a flood cannot exhaust file descriptors.
-const MAX_CONNECTIONS: usize = 4096;
 /// One `sendfile` call moves at most this much; the kernel's own cap is
 /// just under 2 GiB.
 const SENDFILE_CHUNK: usize = 0x7fff_f000;
@@ -95,14 +87,26 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     metrics: Arc<Metrics>,
+    limits: ServerLimits,
+    hits: Arc<LimitHits>,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // A bound on connections, so a flood cannot exhaust file descriptors.
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
     loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = Arc::clone(&slots).acquire_owned() => permit.expect("never closed"),
+        let permit = match Arc::clone(&slots).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                hits.hit(
+                    Limit::Connections,
+                    "every connection slot is taken; new connections wait for one",
+                );
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    permit = Arc::clone(&slots).acquire_owned() => permit.expect("never closed"),
+                }
+            }
         };
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -116,8 +120,15 @@ pub async fn serve(
                 }
             },
         };
-        let connection =
-            Connection::new(stream, app.clone(), Arc::clone(&metrics), shutdown.clone());
+        let connection = Connection {
+            stream,
+            buffer: BytesMut::with_capacity(4096),
+            app: app.clone(),
+            metrics: Arc::clone(&metrics),
+            limits,
+            hits: Arc::clone(&hits),
+            shutdown: shutdown.clone(),
+        };
         connections.spawn(async move {
             if let Err(error) = connection.run().await {
                 tracing::debug!(%peer, %error, "connection ended");
@@ -143,6 +154,8 @@ struct Connection {
     buffer: BytesMut,
     app: Router,
     metrics: Arc<Metrics>,
+    limits: ServerLimits,
+    hits: Arc<LimitHits>,
     shutdown: CancellationToken,
 }
 
@@ -159,34 +172,43 @@ enum Head {
 }
 
 impl Connection {
-    fn new(
-        stream: TcpStream,
-        app: Router,
-        metrics: Arc<Metrics>,
-        shutdown: CancellationToken,
-    ) -> Self {
-        Self {
-            stream,
-            buffer: BytesMut::with_capacity(4096),
-            app,
-            metrics,
-            shutdown,
-        }
-    }
-
     async fn run(mut self) -> io::Result<()> {
-        let mut patience = HEAD_TIMEOUT;
+        let mut first = true;
         loop {
             let shutdown = self.shutdown.clone();
+            // A kept-alive connection may idle until its next request
+            // starts; from the first byte (or the accept), the head must be
+            // whole within the header timeout, however slowly it trickles.
+            if !first && self.buffer.is_empty() {
+                let idle = self.limits.idle_timeout;
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    read = tokio::time::timeout(idle, self.stream.read_buf(&mut self.buffer)) => match read {
+                        Ok(Ok(0)) => return Ok(()),
+                        Ok(read) => { read?; }
+                        Err(_) => {
+                            self.hits.hit(Limit::IdleTimeout, "closed a connection idle for the idle timeout");
+                            return Ok(());
+                        }
+                    },
+                }
+            }
+            first = false;
             let head = tokio::select! {
                 // Between requests, a shutdown simply closes the connection.
                 () = shutdown.cancelled(), if self.buffer.is_empty() => return Ok(()),
-                head = tokio::time::timeout(patience, self.read_head()) => match head {
+                head = tokio::time::timeout(self.limits.header_timeout, self.read_head()) => match head {
                     Ok(head) => head?,
-                    Err(_) => return Ok(()),
+                    Err(_) => {
+                        let peer = self.stream.peer_addr().map_or_else(|_| "-".to_owned(), |a| a.to_string());
+                        self.hits.hit(
+                            Limit::HeaderTimeout,
+                            &format!("closed a connection from {peer} that sent no whole request head in time"),
+                        );
+                        return Ok(());
+                    }
                 },
             };
-            patience = IDLE_TIMEOUT;
             let (request, keep_alive) = match head {
                 Head::Closed => return Ok(()),
                 Head::Reject(status, message) => {
@@ -252,7 +274,11 @@ impl Connection {
                         ));
                     }
                 }
-                if self.buffer.len() >= MAX_HEAD {
+                if self.buffer.len() >= self.limits.max_header_bytes {
+                    self.hits.hit(
+                        Limit::HeaderBytes,
+                        "refused a request head over the size limit with 431",
+                    );
                     return Ok(Head::Reject(
                         axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                         "request head too large",

@@ -9,6 +9,7 @@ use http_body_util::BodyExt;
 use tower::ServiceExt;
 
 use super::*;
+use crate::auth::BasicAuth;
 use crate::store::OciLayoutStore;
 use crate::store::conformance::{Expected, write_layout};
 
@@ -19,6 +20,10 @@ struct Fixture {
 }
 
 async fn fixture(filter: Filter) -> Fixture {
+    fixture_with_auth(filter, None).await
+}
+
+async fn fixture_with_auth(filter: Filter, auth: Option<BasicAuth>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let expected = write_layout(dir.path(), 3);
     let store = OciLayoutStore::open(dir.path()).await.unwrap();
@@ -27,6 +32,7 @@ async fn fixture(filter: Filter) -> Fixture {
         filter,
         mirror: None,
         peers: None,
+        auth,
     }));
     Fixture {
         app,
@@ -368,7 +374,15 @@ mod socket {
     ) -> std::net::SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(server::serve(listener, app, metrics, stop.clone()));
+        let hits = Arc::new(LimitHits::new(Arc::clone(&metrics)));
+        tokio::spawn(server::serve(
+            listener,
+            app,
+            metrics,
+            ServerLimits::default(),
+            hits,
+            stop.clone(),
+        ));
         addr
     }
 
@@ -387,15 +401,22 @@ mod socket {
     }
 
     async fn start() -> Server {
+        start_with(ServerLimits::default()).await
+    }
+
+    async fn start_with(limits: ServerLimits) -> Server {
         let f = fixture(Filter::default()).await;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let metrics = Arc::new(Metrics::new());
         let stop = CancellationToken::new();
+        let hits = Arc::new(LimitHits::new(Arc::clone(&metrics)));
         tokio::spawn(server::serve(
             listener,
             f.app,
             Arc::clone(&metrics),
+            limits,
+            hits,
             stop.clone(),
         ));
         Server {
@@ -471,6 +492,124 @@ mod socket {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Reads until the server closes the connection (a reset counts: the
+    /// server closing with unread bytes sends one), or panics after `within`.
+    async fn closed_within(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
+        let mut received = Vec::new();
+        let _closed_or_reset = tokio::time::timeout(within, stream.read_to_end(&mut received))
+            .await
+            .unwrap_or_else(|_| panic!("the connection was still open after {within:?}"));
+        received
+    }
+
+    /// A head trickled a byte at a time is cut off at the header timeout
+    /// however steadily it trickles, an idle kept-alive connection at the
+    /// idle timeout, and neither keeps a normal client from being served.
+    #[tokio::test]
+    async fn slow_heads_and_idle_connections_are_closed_at_their_limits() {
+        let limits = ServerLimits {
+            header_timeout: Duration::from_millis(400),
+            idle_timeout: Duration::from_millis(400),
+            ..ServerLimits::default()
+        };
+        let server = start_with(limits).await;
+        let mut slow = TcpStream::connect(server.addr).await.unwrap();
+        let trickle = async {
+            for byte in b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Slow: abcdefghijklmnopqrstuvwxyz" {
+                if slow.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let mut normal = Client::connect(server.addr).await;
+        let served = async {
+            normal.send("GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            normal.response(false).await.0
+        };
+        let ((), status) = tokio::join!(trickle, served);
+        assert_eq!(status, 200, "a normal client is served alongside");
+        let received = closed_within(&mut slow, Duration::from_secs(2)).await;
+        assert!(received.is_empty(), "no answer to a head never finished");
+
+        // The normal client's connection, kept alive, idles out.
+        tokio::time::timeout(Duration::from_secs(2), async {
+            let mut rest = Vec::new();
+            normal.stream.read_to_end(&mut rest).await.unwrap();
+        })
+        .await
+        .expect("the idle connection was closed");
+        let text = server.metrics.encode();
+        assert!(
+            text.contains(r#"reflektor_limit_hits_total{limit="header_timeout"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"reflektor_limit_hits_total{limit="idle_timeout"} 1"#),
+            "{text}"
+        );
+    }
+
+    /// A head over the size limit gets 431 and is counted.
+    #[tokio::test]
+    async fn a_head_over_the_size_limit_gets_431() {
+        let server = start_with(ServerLimits {
+            max_header_bytes: 2048,
+            ..ServerLimits::default()
+        })
+        .await;
+        let big = format!(
+            "GET /v2/ HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(4096)
+        );
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        stream.write_all(big.as_bytes()).await.unwrap();
+        let received = closed_within(&mut stream, Duration::from_secs(2)).await;
+        assert!(
+            String::from_utf8_lossy(&received).starts_with("HTTP/1.1 431"),
+            "{}",
+            String::from_utf8_lossy(&received)
+        );
+        assert!(
+            server
+                .metrics
+                .encode()
+                .contains(r#"reflektor_limit_hits_total{limit="header_bytes"} 1"#)
+        );
+    }
+
+    /// Past the connection limit, a new connection waits for a slot: it is
+    /// served once another closes, and the wait is counted.
+    #[tokio::test]
+    async fn past_the_connection_limit_a_connection_waits_for_a_slot() {
+        let server = start_with(ServerLimits {
+            max_connections: 1,
+            ..ServerLimits::default()
+        })
+        .await;
+        let first = TcpStream::connect(server.addr).await.unwrap();
+        let mut second = Client::connect(server.addr).await;
+        second.send("GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let waited = tokio::time::timeout(Duration::from_millis(300), second.response(false)).await;
+        assert!(
+            waited.is_err(),
+            "the second connection was served while the first held the slot"
+        );
+        drop(first);
+        let (status, _, _) = tokio::time::timeout(Duration::from_secs(5), second.response(false))
+            .await
+            .expect("served once the slot was free");
+        assert_eq!(status, 200);
+        // Once per wait: the first connection's, and perhaps another for
+        // the next accept while the second holds the slot.
+        let text = server.metrics.encode();
+        assert!(
+            text.contains(r#"reflektor_limit_hits_total{limit="connections"} 1"#)
+                || text.contains(r#"reflektor_limit_hits_total{limit="connections"} 2"#),
+            "{text}"
+        );
     }
 
     #[tokio::test]
@@ -700,6 +839,17 @@ mod peers {
         providers: Vec<SocketAddr>,
         metrics: Arc<Metrics>,
     ) -> (Router, tempfile::TempDir) {
+        empty_node_with_auth(providers, metrics, None, None).await
+    }
+
+    /// [`empty_node`] requiring `own` from its clients and sending `to_peers`
+    /// to its peers.
+    async fn empty_node_with_auth(
+        providers: Vec<SocketAddr>,
+        metrics: Arc<Metrics>,
+        own: Option<BasicAuth>,
+        to_peers: Option<BasicAuth>,
+    ) -> (Router, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("oci-layout"),
@@ -718,20 +868,26 @@ mod peers {
                 resolve_timeout: Duration::from_millis(20),
                 retries: 3,
                 resolve_tags: true,
+                max_peer_requests: 64,
+                auth: to_peers,
+                verify: true,
             },
             Arc::clone(&metrics),
+            Arc::new(LimitHits::new(Arc::clone(&metrics))),
         );
         let app = router(Arc::new(AppState {
             store: Arc::new(store),
             filter: Filter::default(),
             mirror: Some(mirror),
             peers: None,
+            auth: own,
         }));
         (app, dir)
     }
 
-    /// A peer that dies mid-body: the head promises `size` bytes, half come.
-    async fn dying_peer(size: u64) -> SocketAddr {
+    /// A peer that dies mid-body: the head promises all of `blob`, the
+    /// first half comes.
+    async fn dying_peer(blob: Vec<u8>) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -739,14 +895,270 @@ mod peers {
                 let mut buffer = [0u8; 4096];
                 let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buffer).await;
                 let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-length: {size}\r\ncontent-type: application/octet-stream\r\n\r\n"
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\ncontent-type: application/octet-stream\r\n\r\n",
+                    blob.len()
                 );
                 let _ = stream.write_all(head.as_bytes()).await;
-                let _ = stream.write_all(&vec![b'x'; (size / 2) as usize]).await;
+                let _ = stream.write_all(&blob[..blob.len() / 2]).await;
                 // Dropping the stream cuts the body short.
             }
         });
         addr
+    }
+
+    /// A peer whose port drops every SYN, as a blackholed hostPort does:
+    /// a listener whose one-slot accept queue is already full, so the
+    /// kernel drops further SYNs without an answer.
+    async fn blackholed_peer() -> (SocketAddr, (TcpListener, Vec<tokio::net::TcpStream>)) {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut fillers = Vec::new();
+        // Whatever the kernel's slack over the backlog, a few connects
+        // fill it; the ones it drops would only hang, so none is awaited.
+        for _ in 0..4 {
+            if let Ok(Ok(stream)) = tokio::time::timeout(
+                Duration::from_millis(200),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            {
+                fillers.push(stream);
+            }
+        }
+        let probe = tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await;
+        assert!(
+            probe.is_err(),
+            "the accept queue is full, so a connect hangs"
+        );
+        (addr, (listener, fillers))
+    }
+
+    /// A peer that accepts and reads, and never answers: a wedged agent,
+    /// or a pooled connection whose far end went away silently. It counts
+    /// the connections it accepted.
+    async fn silent_peer() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(stream);
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// Two silent providers ahead of the one that holds the blob: the
+    /// request must not wait out either's timeout (1 s to connect, 5 s for
+    /// a head) but hedge to the next provider, and the next request must go
+    /// to the holder first, without touching the silent ones again.
+    #[tokio::test]
+    async fn silent_providers_are_raced_past_and_then_tried_last() {
+        let stop = CancellationToken::new();
+        let a = fixture(Filter::default()).await;
+        let a_addr = serve(a.app.clone(), Arc::new(Metrics::new()), &stop).await;
+        let (blackholed, _held) = blackholed_peer().await;
+        let (silent, accepted) = silent_peer().await;
+        let (b, _dir) =
+            empty_node(vec![blackholed, silent, a_addr], Arc::new(Metrics::new())).await;
+        let (digest, size) = a.expected.blobs[0].clone();
+        let uri = format!("/v2/team/app/blobs/{digest}");
+
+        let started = std::time::Instant::now();
+        let answer = call(&b, Method::GET, &uri, None).await;
+        let first = started.elapsed();
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body.len() as u64, size);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Waiting each out would take 6 s; hedging takes about 0.6 s.
+        assert!(
+            first < Duration::from_secs(3),
+            "the request waited {first:?}, as if for the silent peers' timeouts"
+        );
+
+        for _ in 0..3 {
+            let answer = call(&b, Method::GET, &uri, None).await;
+            assert_eq!(answer.status, StatusCode::OK);
+        }
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "a suspect is tried after the holder, which answers"
+        );
+        stop.cancel();
+    }
+
+    /// A peer that answers every request with `size` bytes of 'x', with a
+    /// length or chunked: content that matches no digest asked of it.
+    async fn lying_peer(size: usize, chunked: bool) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buffer = [0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut buffer).await;
+                let body = vec![b'x'; size];
+                let response = if chunked {
+                    let mut r = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_vec();
+                    r.extend(format!("{size:x}\r\n").as_bytes());
+                    r.extend(&body);
+                    r.extend(b"\r\n0\r\n\r\n");
+                    r
+                } else {
+                    let mut r = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {size}\r\nconnection: close\r\n\r\n"
+                    )
+                    .into_bytes();
+                    r.extend(&body);
+                    r
+                };
+                let _ = stream.write_all(&response).await;
+            }
+        });
+        addr
+    }
+
+    /// GETs `uri` and reads the whole body: the bytes, or the error that
+    /// broke it off.
+    async fn get_body(app: &Router, uri: &str) -> (StatusCode, Result<Vec<u8>, String>) {
+        let request = Request::get(uri).body(Body::empty()).unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await;
+        (
+            status,
+            body.map(|b| b.to_bytes().to_vec())
+                .map_err(|e| e.to_string()),
+        )
+    }
+
+    /// A peer whose bytes do not hash to the digest asked for: the response
+    /// breaks before its end instead of passing them on as the blob, with
+    /// or without a length, and the peer is then tried after the honest one.
+    #[tokio::test]
+    async fn a_body_that_does_not_match_its_digest_is_never_handed_on_whole() {
+        let stop = CancellationToken::new();
+        let a = fixture(Filter::default()).await;
+        let a_addr = serve(a.app.clone(), Arc::new(Metrics::new()), &stop).await;
+        let (digest, size) = a.expected.blobs[0].clone();
+        let uri = format!("/v2/team/app/blobs/{digest}");
+        for chunked in [false, true] {
+            let liar = lying_peer(size as usize, chunked).await;
+            let metrics = Arc::new(Metrics::new());
+            let (b, _dir) = empty_node(vec![liar, a_addr], Arc::clone(&metrics)).await;
+            let (status, body) = get_body(&b, &uri).await;
+            assert_eq!(status, StatusCode::OK, "the head came before the bytes");
+            body.expect_err("corrupt bytes must break the body");
+            assert!(
+                metrics
+                    .encode()
+                    .contains(r#"reflektor_peer_failures_total{reason="digest_mismatch"} 1"#),
+                "{}",
+                metrics.encode()
+            );
+            let (status, body) = get_body(&b, &uri).await;
+            assert_eq!(status, StatusCode::OK);
+            assert_eq!(
+                Digest::sha256_of(&body.unwrap()),
+                digest,
+                "chunked: {chunked}"
+            );
+        }
+        stop.cancel();
+    }
+
+    /// GETs `uri` with an `Authorization` header, if any.
+    async fn get_with(app: &Router, uri: &str, authorization: Option<&str>) -> Response {
+        let mut request = Request::get(uri);
+        if let Some(value) = authorization {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        app.clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// With credentials, `/v2/` answers only the right ones, a client's or
+    /// a peer's, and health endpoints stay open; a node sends its own to
+    /// its peers, so one that has wrong ones or none gets nothing from them.
+    #[tokio::test]
+    async fn basic_auth_guards_the_client_and_the_peer_path() {
+        let auth = BasicAuth::new("hello", "world");
+        let right = auth.header_value();
+        let wrong = BasicAuth::new("hello", "nope").header_value();
+        let stop = CancellationToken::new();
+        let a = fixture_with_auth(Filter::default(), Some(auth.clone())).await;
+        let a_addr = serve(a.app.clone(), Arc::new(Metrics::new()), &stop).await;
+        let (digest, size) = a.expected.blobs[0].clone();
+        let blob = format!("/v2/team/app/blobs/{digest}");
+
+        for uri in ["/v2/", blob.as_str()] {
+            for credentials in [None, Some(wrong.as_str()), Some("Bearer abc")] {
+                let response = get_with(&a.app, uri, credentials).await;
+                assert_eq!(
+                    response.status(),
+                    StatusCode::UNAUTHORIZED,
+                    "{uri} {credentials:?}"
+                );
+                assert_eq!(
+                    response.headers().get(header::WWW_AUTHENTICATE).unwrap(),
+                    "Basic realm=\"reflektor\""
+                );
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                assert!(String::from_utf8_lossy(&body).contains("UNAUTHORIZED"));
+            }
+            let response = get_with(&a.app, uri, Some(&right)).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::OK,
+                "{uri} with the right credentials"
+            );
+        }
+        for open in ["/readyz", "/livez"] {
+            assert_eq!(
+                get_with(&a.app, open, None).await.status(),
+                StatusCode::OK,
+                "{open}"
+            );
+        }
+
+        // B requires and sends the same credentials: served from A.
+        let (b, _b) = empty_node_with_auth(
+            vec![a_addr],
+            Arc::new(Metrics::new()),
+            Some(auth.clone()),
+            Some(auth.clone()),
+        )
+        .await;
+        assert_eq!(
+            get_with(&b, &blob, None).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        let response = get_with(&b, &blob, Some(&right)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len() as u64, size);
+
+        // Wrong credentials to peers, or none: A refuses B, so B misses.
+        for to_peers in [Some(BasicAuth::new("hello", "nope")), None] {
+            let (c, _c) =
+                empty_node_with_auth(vec![a_addr], Arc::new(Metrics::new()), None, to_peers).await;
+            assert_eq!(
+                get_with(&c, &blob, None).await.status(),
+                StatusCode::NOT_FOUND
+            );
+        }
+        stop.cancel();
     }
 
     #[tokio::test]
@@ -812,39 +1224,35 @@ mod peers {
         stop.cancel();
     }
 
+    /// The whole body must hash to its digest, so a resume at the wrong
+    /// offset would break it; and the holder that resumed sent only the
+    /// rest, as a range.
     #[tokio::test]
     async fn a_dead_provider_is_skipped_and_a_failing_body_is_resumed() {
         let stop = CancellationToken::new();
         let a = fixture(Filter::default()).await;
-        let a_addr = serve(a.app.clone(), Arc::new(Metrics::new()), &stop).await;
+        let a_metrics = Arc::new(Metrics::new());
+        let a_addr = serve(a.app.clone(), Arc::clone(&a_metrics), &stop).await;
         let (digest, size) = a.expected.blobs[0].clone();
+        let uri = format!("/v2/team/app/blobs/{digest}");
+        let whole = call(&a.app, Method::GET, &uri, None).await.body;
         let closed = {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             listener.local_addr().unwrap()
         };
-        let dying = dying_peer(size).await;
+        let dying = dying_peer(whole.clone()).await;
         let (b, _dir) = empty_node(vec![closed, dying, a_addr], Arc::new(Metrics::new())).await;
-        let answer = call(
-            &b,
-            Method::GET,
-            &format!("/v2/team/app/blobs/{digest}"),
-            None,
-        )
-        .await;
+        let answer = call(&b, Method::GET, &uri, None).await;
         assert_eq!(answer.status, StatusCode::OK);
-        assert_eq!(answer.body.len() as u64, size);
-        // The dying peer sent 'x's: the first half is theirs, so the digest
-        // would not match had the resume not been at the right offset.
-        let half = (size / 2) as usize;
-        assert!(answer.body[..half].iter().all(|b| *b == b'x'));
-        let whole = call(
-            &a.app,
-            Method::GET,
-            &format!("/v2/team/app/blobs/{digest}"),
-            None,
-        )
-        .await;
-        assert_eq!(answer.body[half..], whole.body[half..]);
+        assert_eq!(answer.body, whole);
+        let rest = size - size / 2;
+        let text = a_metrics.encode();
+        assert!(
+            text.contains(&format!(
+                r#"reflektor_served_bytes_total{{source="local"}} {rest}"#
+            )),
+            "the holder sent the rest, {rest} bytes, and no more: {text}"
+        );
         stop.cancel();
     }
 }
@@ -867,6 +1275,7 @@ async fn readyz_waits_for_peers() {
         filter: Filter::default(),
         mirror: None,
         peers: Some(Arc::new(Lonely)),
+        auth: None,
     }));
     let answer = call(&app, Method::GET, "/readyz", None).await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
