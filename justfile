@@ -53,6 +53,10 @@ image: build-release
 manifests: build
     ./target/debug/reflektor manifests --out-dir deploy
 
+# deploy/ and a k3s install with every option, checked strictly against Kubernetes 1.30's and 1.37's schemas.
+validate-manifests: build
+    bash .ci/validate-manifests
+
 # The agent's module graph, layer by layer; fails on a cycle or an upward import.
 modules:
     cargo test -q -p reflektor --test layers -- --nocapture every_import_points_down
@@ -61,7 +65,7 @@ modules:
 build-release:
     cargo build --release -p reflektor --bin reflektor
 
-# criterion benchmarks: blob serving, the peer path, resolve latency, version parsing (needs root).
+# criterion benchmarks: blob serving, the peer path, resolve latency, version parsing, peer-body verification (needs root).
 bench *args: build-release
     REFLEKTOR_BIN={{justfile_directory()}}/target/release/reflektor cargo bench -p reflektor-bench {{args}}
 
