@@ -87,6 +87,8 @@ pub struct Mirror {
     /// One permit per forwarded request, held until its body is done.
     slots: Arc<Semaphore>,
     hits: Arc<LimitHits>,
+    /// The `Authorization` header for peers, encoded once.
+    authorization: Option<HeaderValue>,
 }
 
 /// The headers a peer's answer may pass on to the client.
@@ -106,7 +108,11 @@ impl Mirror {
         hits: Arc<LimitHits>,
     ) -> Self {
         let client = crate::http_client::client(CONNECT_TIMEOUT);
+        let authorization = config.auth.as_ref().map(|auth| {
+            HeaderValue::from_str(&auth.header_value()).expect("base64 is a valid header value")
+        });
         Self {
+            authorization,
             lookup,
             client,
             slots: Arc::new(Semaphore::new(config.max_peer_requests.max(1))),
@@ -149,16 +155,13 @@ impl Mirror {
             return Err(miss);
         };
         let path = peer_path(target);
-        let authorization = self.config.auth.as_ref().map(|auth| {
-            HeaderValue::from_str(&auth.header_value()).expect("base64 is a valid header value")
-        });
         let request = |peer| PeerRequest {
             peer,
             method: method.clone(),
             path: path.clone(),
             range: headers.get(header::RANGE).cloned(),
             accept: headers.get(header::ACCEPT).cloned(),
-            authorization: authorization.clone(),
+            authorization: self.authorization.clone(),
         };
         match self.race(request(first), &mut providers, request).await {
             Some((request, response)) => {
