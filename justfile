@@ -74,6 +74,11 @@ bench-compare *args: build-release
     bash .ci/deps --bench
     REFLEKTOR_BIN={{justfile_directory()}}/target/release/reflektor cargo run -q --release -p reflektor-bench --bin bench-compare -- --profile {{args}}
 
+# One agent under load: 500 concurrent 64 MiB GETs, 10 000 HEAD/s for 30 s, 300 slowloris
+# connections beside a normal client; errors, latencies, peak RSS, fds; writes target/bench/load.* (needs root).
+load *args: build-release
+    REFLEKTOR_BIN={{justfile_directory()}}/target/release/reflektor cargo run -q --release -p reflektor-bench --bin bench-load -- {{args}}
+
 # 3, 10 and 50 agents on loopback: findability, advertising 10 000 keys, resolve latency, RSS; writes target/bench/scale.*.
 bench-scale *args: build-release
     REFLEKTOR_BIN={{justfile_directory()}}/target/release/reflektor cargo run -q --release -p reflektor-bench --bin bench-scale -- {{args}}

@@ -6,6 +6,7 @@ pub mod announced;
 pub mod client;
 pub mod compare;
 pub mod layout;
+pub mod load;
 pub mod nginx;
 pub mod process;
 pub mod runner;

@@ -177,3 +177,45 @@ async fn cleanup_wait_ends_once_every_node_is_clean() -> Result<()> {
     ensure!(said.contains("cleanup done: every node (1)"), "{said}");
     Ok(())
 }
+
+/// Started under a soft open-file limit of 1024 (systemd's default) below
+/// a higher hard one, the agent raises the soft limit to the hard one, as
+/// Go's runtime does for Spegel: at 1024, 700 concurrent GETs stalled on
+/// accept(2) failing (`just load`).
+#[tokio::test]
+async fn the_agent_raises_its_soft_open_file_limit() -> Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+    let reflektor = Reflektor::locate()?;
+    let layout_dir = tempfile::tempdir()?;
+    OciLayout::create(layout_dir.path(), 13)?;
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    ensure!(
+        hard > 1024,
+        "this test needs a hard open-file limit above 1024, not {hard}"
+    );
+    // The agent inherits the limit it is started under. Other tests in this
+    // binary start theirs meanwhile; they raise it too.
+    setrlimit(Resource::RLIMIT_NOFILE, 1024, hard)?;
+    let started = reflektor
+        .start_registry(
+            Backend::OciLayout(layout_dir.path()),
+            IpAddr::V4(Ipv4Addr::new(127, 0, 8, 9)),
+        )
+        .await;
+    setrlimit(Resource::RLIMIT_NOFILE, soft, hard)?;
+    let agent = started?;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", agent.pid()))?;
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max open files"))
+        .context("no `Max open files` in /proc/<pid>/limits")?
+        .split_whitespace()
+        .collect();
+    let expected = hard.to_string();
+    ensure!(
+        open_files.get(..2) == Some(&[expected.as_str(), expected.as_str()][..]),
+        "the agent's open-file limits are {open_files:?}, not {hard} soft and hard"
+    );
+    Ok(())
+}

@@ -9,6 +9,7 @@ mod doctor;
 mod listen;
 mod logging;
 mod manifests;
+mod open_files;
 mod peers;
 mod registry;
 mod signals;

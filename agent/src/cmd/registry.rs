@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::doctor::preflight;
 use super::listen::bind;
+use super::open_files;
 use super::peers;
 use super::signals::stop_on_signal;
 use crate::auth::BasicAuth;
@@ -34,6 +35,9 @@ pub async fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
             "--otel-endpoint is accepted for Spegel compatibility, but reflektor exports no \
              traces; use the metrics on --metrics-addr and --log-level debug instead"
         );
+    }
+    if let Err(error) = open_files::raise(args.limits.max_connections as usize) {
+        tracing::warn!(%error, "could not read or raise the open-file limit; keeping it");
     }
     let filter = filter(args)?;
     let registry_listener = bind(&args.registry_addr, "--registry-addr").await?;

@@ -8,9 +8,9 @@ mod filter;
 mod limits;
 mod mirror;
 mod peer_health;
-mod range;
+pub mod range;
 pub mod server;
-mod target;
+pub mod target;
 
 pub use error::RegistryError;
 pub use limits::{LimitHits, ServerLimits};
