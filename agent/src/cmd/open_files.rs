@@ -3,7 +3,7 @@
 //! start services with a soft limit of 1024 (systemd's default) under a far
 //! higher hard one, which is fewer than `--max-connections` allows; at the
 //! limit, accept(2) fails and the server backs off, so pulls stall instead
-//! of failing (700 concurrent GETs took 35 s at 1024 against 11 s above it,
+//! of failing (700 concurrent GETs took 35.5 s at 1024, 12.6 s once raised,
 //! in `just load`). Go's runtime raises the soft limit to the hard one at
 //! start, which Spegel gets for free; this does the same.
 
