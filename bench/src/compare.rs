@@ -7,7 +7,6 @@
 //! that machine noise shows as spread instead of hiding in an average.
 
 use std::fmt::Write as _;
-use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -196,13 +195,7 @@ impl Report {
     }
 
     pub fn write(&self, dir: &Path) -> Result<()> {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let write = |name: &str, text: String| {
-            let path = dir.join(name);
-            fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
-        };
-        write("compare.md", self.markdown())?;
-        write("compare.json", serde_json::to_string_pretty(self)? + "\n")?;
+        crate::runner::write_report(dir, "compare", self.markdown(), self)?;
         self.chart(&dir.join("compare.svg"))
     }
 
@@ -394,7 +387,7 @@ mod tests {
         assert!(md.contains("| **no** |"), "{md}");
         let dir = tempfile::tempdir().unwrap();
         report.write(dir.path()).unwrap();
-        let svg = fs::read_to_string(dir.path().join("compare.svg")).unwrap();
+        let svg = std::fs::read_to_string(dir.path().join("compare.svg")).unwrap();
         assert!(svg.contains("<svg") && svg.contains("rect"), "{svg}");
     }
 }

@@ -4,10 +4,9 @@
 //! descriptor).
 
 use std::fmt::Write as _;
-use std::fs;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 
 use crate::stats::percentile;
@@ -129,13 +128,7 @@ impl Report {
     }
 
     pub fn write(&self, dir: &Path) -> Result<()> {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let write = |name: &str, text: String| {
-            let path = dir.join(name);
-            fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
-        };
-        write("load.md", self.markdown())?;
-        write("load.json", serde_json::to_string_pretty(self)? + "\n")
+        crate::runner::write_report(dir, "load", self.markdown(), self)
     }
 
     pub fn markdown(&self) -> String {
@@ -271,7 +264,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         report.write(dir.path()).unwrap();
         let json: serde_json::Value =
-            serde_json::from_slice(&fs::read(dir.path().join("load.json")).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(dir.path().join("load.json")).unwrap()).unwrap();
         assert_eq!(json["fds_after"], 23);
     }
 }

@@ -5,8 +5,9 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use reflektor_e2e::agent::Reflektor;
+use serde::Serialize;
 
 /// `<workspace>/target/bench`.
 pub fn default_out_dir() -> PathBuf {
@@ -46,6 +47,22 @@ pub async fn main(runner: &str, run: impl Future<Output = Result<()>>) -> ExitCo
             ExitCode::from(130)
         }
     }
+}
+
+/// Writes `<stem>.md` and `<stem>.json` into `dir`, creating it: the pair
+/// every runner leaves for `docs/bench/`.
+pub fn write_report(dir: &Path, stem: &str, markdown: String, json: &impl Serialize) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (path, text) in [
+        (dir.join(format!("{stem}.md")), markdown),
+        (
+            dir.join(format!("{stem}.json")),
+            serde_json::to_string_pretty(json)? + "\n",
+        ),
+    ] {
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// One progress line on stderr.
