@@ -43,7 +43,14 @@ build:
 
 lint:
     cargo fmt --all --check
+    cargo fmt --manifest-path fuzz/Cargo.toml --check
     cargo clippy --workspace --all-targets -- -D warnings
+
+# Every fuzz target (request target, digest, Range, version, hosts.toml) for SECONDS each under
+# libFuzzer on stable Rust; inputs run per target in target/fuzz/summary.md. `fuzz/run --merge`
+# adds the new inputs worth keeping to fuzz/corpus/.
+fuzz seconds="60" *targets:
+    fuzz/run {{seconds}} {{targets}}
 
 # The agent's image, target/image/reflektor.oci.tar, from the release build.
 image: build-release
