@@ -1198,6 +1198,109 @@ mod peers {
         stop.cancel();
     }
 
+    /// A peer that answers 404 to everything after `delay`, counting the
+    /// requests it got: a provider record for content it does not hold.
+    async fn refusing_peer(delay: Duration) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&asked);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 4096];
+                    while let Ok(n) = tokio::io::AsyncReadExt::read(&mut stream, &mut buffer).await
+                    {
+                        if n == 0 {
+                            break;
+                        }
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(delay).await;
+                        let refusal = "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n";
+                        if stream.write_all(refusal.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, asked)
+    }
+
+    /// Peers that advertise everything and hold nothing, listed first for
+    /// every key: a real agent with an empty store, which refuses at once,
+    /// and one that refuses only after 2 s. Every blob and manifest must
+    /// still come whole from the holder, each within well under the slow
+    /// one's delay (the 300 ms hedge moves on), and once the slow one has
+    /// lost a race it is asked last, so later requests cost one refusal.
+    #[tokio::test]
+    async fn peers_that_advertise_everything_cost_a_bounded_time_per_key() {
+        let stop = CancellationToken::new();
+        let a = fixture(Filter::default()).await;
+        let a_addr = serve(a.app.clone(), Arc::new(Metrics::new()), &stop).await;
+        let (hollow, _hollow_dir) = empty_node(vec![], Arc::new(Metrics::new())).await;
+        let hollow_addr = serve(hollow, Arc::new(Metrics::new()), &stop).await;
+        let (slow, slow_asked) = refusing_peer(Duration::from_secs(2)).await;
+        let (b, _dir) = empty_node(vec![hollow_addr, slow, a_addr], Arc::new(Metrics::new())).await;
+        let e = &a.expected;
+
+        let mut uris: Vec<String> = e
+            .blobs
+            .iter()
+            .map(|(digest, _)| format!("/v2/{}/blobs/{digest}", e.name))
+            .collect();
+        uris.push(format!("/v2/{}/manifests/{}", e.name, e.root));
+        uris.push(format!(
+            "/v2/{}/manifests/{}?ns={}",
+            e.name, e.tag, e.registry
+        ));
+        let mut slowest = Duration::ZERO;
+        for uri in &uris {
+            let started = std::time::Instant::now();
+            let answer = call(&b, Method::GET, uri, None).await;
+            slowest = slowest.max(started.elapsed());
+            assert_eq!(answer.status, StatusCode::OK, "{uri}");
+        }
+        for (digest, size) in &e.blobs {
+            let answer = call(
+                &b,
+                Method::GET,
+                &format!("/v2/{}/blobs/{digest}", e.name),
+                None,
+            )
+            .await;
+            assert_eq!(answer.body.len() as u64, *size);
+            assert_eq!(Digest::sha256_of(&answer.body), *digest);
+        }
+        assert!(
+            slowest < Duration::from_secs(1),
+            "a request waited {slowest:?}, as if for the slow peer's refusal"
+        );
+        assert_eq!(
+            slow_asked.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the slow peer lost its first race and is asked after the holder from then on"
+        );
+
+        // A key nobody holds: every provider is asked, the slow one last,
+        // and the miss waits for its refusal, never past the 5 s head
+        // timeout, before containerd goes to the upstream.
+        let absent = Digest::sha256_of(b"held by nobody");
+        let started = std::time::Instant::now();
+        let answer = call(
+            &b,
+            Method::GET,
+            &format!("/v2/{}/blobs/{absent}", e.name),
+            None,
+        )
+        .await;
+        let miss = started.elapsed();
+        assert_eq!(answer.status, StatusCode::NOT_FOUND);
+        assert!(miss < Duration::from_secs(6), "a miss took {miss:?}");
+        stop.cancel();
+    }
+
     #[tokio::test]
     async fn no_provider_means_404_at_once_and_forwarded_requests_stay_local() {
         let stop = CancellationToken::new();
