@@ -12,6 +12,7 @@ use anyhow::{Context, Result, bail};
 use reflektor::doctor::Report;
 
 use crate::http;
+use crate::netns::Netns;
 use crate::node::ContainerdNode;
 
 /// Overrides where the agent binary is looked for.
@@ -324,12 +325,41 @@ fn member_ip(net: u8, i: usize) -> IpAddr {
     IpAddr::V4(std::net::Ipv4Addr::new(127, 0, net, host))
 }
 
+/// Spegel's defaults, which every node of a namespaced cluster uses.
+pub const NODE_REGISTRY_PORT: u16 = 5000;
+pub const NODE_METRICS_PORT: u16 = 9090;
+const NODE_ROUTER_PORT: u16 = 5001;
+
+/// Where the agent in `netns` runs its router, for [`Peering::router`].
+pub fn node_router(netns: &Netns) -> SocketAddr {
+    SocketAddr::new(netns.ip(), NODE_ROUTER_PORT)
+}
+
+/// Where an agent listens, and the network namespace it runs in when not
+/// the host's.
+struct Placement<'a> {
+    registry: SocketAddr,
+    metrics: SocketAddr,
+    netns: Option<&'a Netns>,
+}
+
+impl Placement<'_> {
+    /// Fresh ports on a loopback address of the host's.
+    fn loopback(ip: IpAddr) -> Result<Self> {
+        Ok(Placement {
+            registry: http::free_port(ip)?,
+            metrics: http::free_port(ip)?,
+            netns: None,
+        })
+    }
+}
+
 impl Reflektor {
     /// Starts `reflektor registry` on `ip` (a 127.0.0.N of its own) with
     /// fresh ports, serving its own content only, and waits until `/readyz`
     /// answers 200.
     pub async fn start_registry(&self, backend: Backend<'_>, ip: IpAddr) -> Result<Agent> {
-        let mut agent = self.start(backend, ip, None).await?;
+        let mut agent = self.start(backend, Placement::loopback(ip)?, None).await?;
         agent.wait_for("/readyz").await?;
         Ok(agent)
     }
@@ -343,7 +373,29 @@ impl Reflektor {
         ip: IpAddr,
         peering: Peering,
     ) -> Result<Agent> {
-        let mut agent = self.start(backend, ip, Some(peering)).await?;
+        let mut agent = self
+            .start(backend, Placement::loopback(ip)?, Some(peering))
+            .await?;
+        agent.wait_for("/livez").await?;
+        Ok(agent)
+    }
+
+    /// [`Reflektor::start_peer`] inside `netns`, on the ports every node of
+    /// a cluster uses ([`NODE_REGISTRY_PORT`], [`NODE_METRICS_PORT`]; its
+    /// router on [`node_router`]), as a DaemonSet's pods do. Started again
+    /// with the same `peering`, it is the same node come back.
+    pub async fn start_peer_in(
+        &self,
+        netns: &Netns,
+        backend: Backend<'_>,
+        peering: Peering,
+    ) -> Result<Agent> {
+        let placement = Placement {
+            registry: SocketAddr::new(netns.ip(), NODE_REGISTRY_PORT),
+            metrics: SocketAddr::new(netns.ip(), NODE_METRICS_PORT),
+            netns: Some(netns),
+        };
+        let mut agent = self.start(backend, placement, Some(peering)).await?;
         agent.wait_for("/livez").await?;
         Ok(agent)
     }
@@ -351,7 +403,7 @@ impl Reflektor {
     async fn start(
         &self,
         backend: Backend<'_>,
-        ip: IpAddr,
+        placement: Placement<'_>,
         peering: Option<Peering>,
     ) -> Result<Agent> {
         let dir = tempfile::Builder::new()
@@ -359,9 +411,15 @@ impl Reflektor {
             .tempdir_in(crate::node::work_parent())
             .context("creating the agent's directory")?;
         let log_file = dir.path().join("reflektor.log");
-        let registry = http::free_port(ip)?;
-        let metrics = http::free_port(ip)?;
-        let mut cmd = Command::new(&self.bin);
+        let Placement {
+            registry,
+            metrics,
+            netns,
+        } = placement;
+        let mut cmd = match netns {
+            Some(netns) => netns.command(&self.bin),
+            None => Command::new(&self.bin),
+        };
         cmd.arg("registry")
             .arg(format!("--registry-addr={registry}"))
             .arg(format!("--metrics-addr={metrics}"))

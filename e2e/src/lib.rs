@@ -13,6 +13,7 @@ pub mod http;
 pub mod image;
 pub mod kubelet;
 pub mod matrix;
+pub mod netns;
 pub mod node;
 pub mod packages;
 pub mod pod;

@@ -23,17 +23,20 @@ use anyhow::{Context, Result, bail, ensure};
 use containerd_client::Client;
 use nix::{
     errno::Errno,
-    mount::{MntFlags, umount2},
+    mount::{MntFlags, MsFlags, mount, umount2},
     sys::{
         signal::{Signal, kill, killpg},
         wait::{Id, WaitPidFlag, WaitStatus, waitid},
     },
     unistd::Pid,
 };
+use sha2::{Digest as _, Sha256};
 use tempfile::TempDir;
 
 use crate::packages::ContainerdBuild;
 
+/// The content store under containerd's root.
+const CONTENT_DIR: &str = "io.containerd.content.v1.content";
 /// Any value but empty or `0` keeps node directories after stop.
 const KEEP_ENV: &str = "REFLEKTOR_E2E_KEEP";
 /// Parent of node directories instead of the system temp dir.
@@ -76,6 +79,9 @@ pub struct NodeConfig {
     /// The runc the node's shims run containers with, in place of the build's own:
     /// for a build whose runc cannot run on this host (see [`ContainerdBuild::runc_version`]).
     pub runc: Option<PathBuf>,
+    /// The content store on a tmpfs of this many bytes, for a node whose disk
+    /// fills up; on the node's own disk otherwise.
+    pub content_store_bytes: Option<u64>,
 }
 
 impl NodeConfig {
@@ -87,6 +93,7 @@ impl NodeConfig {
             discard_unpacked_layers: false,
             sandbox_image: None,
             runc: None,
+            content_store_bytes: None,
         }
     }
 }
@@ -135,6 +142,20 @@ impl ContainerdNode {
         let workdir = Workdir::create(&name)?;
         let layout = Layout::new(workdir.path());
         layout.create()?;
+        if let Some(bytes) = config.content_store_bytes {
+            let content = layout.root.join(CONTENT_DIR);
+            fs::create_dir_all(&content)
+                .with_context(|| format!("creating {}", content.display()))?;
+            // Unmounted with the node's other mounts when its directory goes.
+            mount(
+                Some("tmpfs"),
+                &content,
+                Some("tmpfs"),
+                MsFlags::empty(),
+                Some(format!("size={bytes}").as_str()),
+            )
+            .with_context(|| format!("mounting a {bytes}-byte tmpfs on {}", content.display()))?;
+        }
         let registry_config_path = match config.registry_config_path {
             RegistryConfigPath::Unset => None,
             RegistryConfigPath::NodeDefault => {
@@ -208,7 +229,80 @@ impl ContainerdNode {
 
     /// containerd's content store directory, where the agent reads blobs.
     pub fn content_dir(&self) -> PathBuf {
-        self.layout.root.join("io.containerd.content.v1.content")
+        self.layout.root.join(CONTENT_DIR)
+    }
+
+    /// Gives a tmpfs content store ([`NodeConfig::content_store_bytes`])
+    /// a new size, as an operator frees or adds disk; what it holds stays.
+    pub fn resize_content_store(&self, bytes: u64) -> Result<()> {
+        let content = self.content_dir();
+        mount(
+            None::<&str>,
+            &content,
+            None::<&str>,
+            MsFlags::MS_REMOUNT,
+            Some(format!("size={bytes}").as_str()),
+        )
+        .with_context(|| {
+            format!(
+                "resizing the tmpfs on {} to {bytes} bytes",
+                content.display()
+            )
+        })
+    }
+
+    /// Bytes containerd has written into its ingest files so far: how far
+    /// the downloads in progress have come.
+    pub fn ingest_bytes(&self) -> u64 {
+        let Ok(entries) = fs::read_dir(self.content_dir().join("ingest")) else {
+            return 0;
+        };
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| fs::metadata(e.path().join("data")).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Checks that the content store holds each of `digests` whole, its
+    /// bytes hashing to the digest, and that nothing is left half-written
+    /// in its ingest directory: what no fault may leave behind.
+    pub fn verify_content(&self, digests: &[String]) -> Result<()> {
+        let blobs = self.content_dir().join("blobs/sha256");
+        for digest in digests {
+            let hex = digest
+                .strip_prefix("sha256:")
+                .with_context(|| format!("{digest} is not a sha256 digest"))?;
+            let mut file = File::open(blobs.join(hex)).with_context(|| {
+                format!("opening {digest} in node {}'s content store", self.name)
+            })?;
+            let mut hasher = Sha256::new();
+            std::io::copy(&mut file, &mut hasher)
+                .with_context(|| format!("reading {digest} from node {}", self.name))?;
+            let stored = hex::encode(hasher.finalize());
+            ensure!(
+                stored == hex,
+                "node {} stored {digest} with bytes that hash to sha256:{stored}",
+                self.name
+            );
+        }
+        let ingest = self.content_dir().join("ingest");
+        let leftovers: Vec<_> = fs::read_dir(&ingest)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name())
+                    .collect()
+            })
+            .unwrap_or_default();
+        ensure!(
+            leftovers.is_empty(),
+            "node {} left {} half-written entries in {}: {leftovers:?}",
+            self.name,
+            leftovers.len(),
+            ingest.display()
+        );
+        Ok(())
     }
 
     /// The CRI `config_path` written into the config, if any.

@@ -138,3 +138,45 @@ pub fn digests_held(image: &TestImage, platform: &Platform) -> Result<u64> {
         .with_context(|| format!("{} has no {platform:?} manifest", image.tag))?;
     Ok(u64::from(image.is_index()) + 2 + held.layers.len() as u64)
 }
+
+/// Every digest a node on `platform` stores for `image`: the index if any,
+/// the manifest, the config and the layers, for
+/// [`ContainerdNode::verify_content`](crate::node::ContainerdNode::verify_content).
+pub fn stored_digests(image: &TestImage, platform: &Platform) -> Result<Vec<String>> {
+    let held = image
+        .platform(platform)
+        .with_context(|| format!("{} has no {platform:?} manifest", image.tag))?;
+    let mut digests = Vec::new();
+    if image.is_index() {
+        digests.push(image.target.digest.clone());
+    }
+    digests.push(held.manifest.digest.clone());
+    digests.push(held.config.digest.clone());
+    digests.extend(held.layers.iter().map(|l| l.blob.digest.clone()));
+    Ok(digests)
+}
+
+/// A fresh upstream holding one image, `repo:v1`, of `layers` uncompressed
+/// layers of `bytes` each, from seeded noise: what the fault tests move.
+/// Keep the layout directory while the image is in use.
+pub async fn noise_image(
+    repo: &str,
+    layers: usize,
+    bytes: u64,
+    seed: u64,
+) -> Result<(Upstream, PushedImage, TempDir)> {
+    let dir = tempfile::Builder::new()
+        .prefix("reflektor-e2e-noise-")
+        .tempdir_in(crate::node::work_parent())?;
+    let layout_dir = dir.path().to_owned();
+    let build = tokio::task::spawn_blocking(move || {
+        let mut layout = OciLayout::create(&layout_dir, seed)?;
+        let specs = vec![LayerSpec::uncompressed(bytes); layers];
+        let image = layout.add_image("v1", &Platform::host()?, &specs)?;
+        anyhow::Ok((layout, image))
+    });
+    let (upstream, built) = tokio::join!(Upstream::start(), build);
+    let (upstream, (layout, image)) = (upstream?, built.context("building the image")??);
+    let pushed = upstream.push(&layout, &image, repo).await?;
+    Ok((upstream, pushed, dir))
+}

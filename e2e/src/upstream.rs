@@ -69,6 +69,21 @@ pub struct PushedImage {
     pub by_digest: String,
 }
 
+impl PushedImage {
+    /// The path a mirror is asked for one of the image's blobs, as
+    /// containerd asks: the repository, with the registry in `?ns=`.
+    pub fn mirror_blob_path(&self, digest: &str) -> Result<String> {
+        let (registry, rest) = self
+            .by_tag
+            .split_once('/')
+            .context("an image reference is <registry>/<repo>:<tag>")?;
+        let (repo, _) = rest
+            .rsplit_once(':')
+            .context("an image reference is <registry>/<repo>:<tag>")?;
+        Ok(format!("/v2/{repo}/blobs/{digest}?ns={registry}"))
+    }
+}
+
 /// How long one push may take: the largest test image is 256 MiB.
 const SKOPEO_TIMEOUT: Duration = Duration::from_secs(300);
 

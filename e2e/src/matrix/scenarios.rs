@@ -313,13 +313,9 @@ impl Run<'_> {
         large: &PushedImage,
         size: u64,
     ) -> Result<(String, String, u64, Duration)> {
-        let (pid, ingest, cri) = {
+        let (pid, cri) = {
             let node = self.members[third].node()?;
-            (
-                node.pid(),
-                node.content_dir().join("ingest"),
-                crate::cri::Cri::connect(node).await?,
-            )
+            (node.pid(), crate::cri::Cri::connect(node).await?)
         };
         let mut local_before = Vec::new();
         for h in holders {
@@ -335,7 +331,7 @@ impl Run<'_> {
             let deadline = Instant::now() + crate::node::patience()? * 4;
             loop {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                let received = ingest_bytes(&ingest);
+                let received = members[third].node()?.ingest_bytes();
                 if received >= LOSS_AFTER {
                     for (k, &h) in holders.iter().enumerate() {
                         if members[h].agent()?.metric(&IN_FLIGHT).await? > 0.0 {
@@ -454,18 +450,6 @@ impl Run<'_> {
         )
         .await
     }
-}
-
-/// Bytes containerd has written into its ingest files so far.
-fn ingest_bytes(ingest: &Path) -> u64 {
-    let Ok(entries) = fs::read_dir(ingest) else {
-        return 0;
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| fs::metadata(e.path().join("data")).ok())
-        .map(|m| m.len())
-        .sum()
 }
 
 /// Everything under `dir`: each file with its bytes, each directory with
