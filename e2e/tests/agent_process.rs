@@ -219,3 +219,68 @@ async fn the_agent_raises_its_soft_open_file_limit() -> Result<()> {
     );
     Ok(())
 }
+
+/// Out of file descriptors, accept(2) fails every 50 ms until one closes:
+/// the agent counts it as a limit hit (`open_files`), logs it once per
+/// 10 s with the fix, and serves again once connections close. The limit
+/// is lowered on the running agent with util-linux's `prlimit`, since the
+/// test process may lower its own hard limit but never raise it again.
+#[tokio::test]
+async fn running_out_of_open_files_is_a_rate_limited_limit_hit() -> Result<()> {
+    let reflektor = Reflektor::locate()?;
+    let layout_dir = tempfile::tempdir()?;
+    OciLayout::create(layout_dir.path(), 14)?;
+    let agent = reflektor
+        .start_registry(
+            Backend::OciLayout(layout_dir.path()),
+            IpAddr::V4(Ipv4Addr::new(127, 0, 8, 10)),
+        )
+        .await?;
+    let status = Command::new("prlimit")
+        .arg(format!("--pid={}", agent.pid()))
+        .arg("--nofile=32:32")
+        .status()
+        .context("running prlimit (Debian's util-linux)")?;
+    ensure!(status.success(), "prlimit exited with {status}");
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        held.push(tokio::net::TcpStream::connect(agent.addr()).await?);
+    }
+    let log_lines = |agent: &reflektor_e2e::agent::Agent| {
+        agent
+            .log()
+            .lines()
+            .filter(|line| line.contains("limit=\"open_files\""))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    eventually("the agent logging that it ran out of files", || async {
+        Ok(!log_lines(&agent).is_empty())
+    })
+    .await?;
+    // Ten or so more failed accepts, which must not log again.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    drop(held);
+    eventually("the agent serving again", || async {
+        Ok(http::get(agent.addr(), "/livez", "*/*")
+            .await
+            .is_ok_and(|r| r.status() == 200))
+    })
+    .await?;
+    let lines = log_lines(&agent);
+    ensure!(
+        lines.len() == 1,
+        "expected one rate-limited line, the agent logged:\n{}",
+        lines.join("\n")
+    );
+    ensure!(
+        lines[0].contains("Too many open files") && lines[0].contains("LimitNOFILE"),
+        "the line names neither the error nor the fix: {}",
+        lines[0]
+    );
+    let hits = agent
+        .metric(&["reflektor_limit_hits_total", "limit=\"open_files\""])
+        .await?;
+    ensure!(hits >= 2.0, "open_files counted {hits} hits");
+    Ok(())
+}

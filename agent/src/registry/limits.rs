@@ -45,9 +45,12 @@ pub enum Limit {
     IdleTimeout,
     HeaderBytes,
     PeerRequests,
+    /// The process's open-file limit, hit at accept(2) (EMFILE, ENFILE):
+    /// not a flag of ours, but the bound --max-connections must fit in.
+    OpenFiles,
 }
 
-const LIMITS: usize = 5;
+const LIMITS: usize = 6;
 
 impl Limit {
     pub fn label(self) -> &'static str {
@@ -57,16 +60,22 @@ impl Limit {
             Limit::IdleTimeout => "idle_timeout",
             Limit::HeaderBytes => "header_bytes",
             Limit::PeerRequests => "peer_requests",
+            Limit::OpenFiles => "open_files",
         }
     }
 
-    fn flag(self) -> &'static str {
+    /// What to change when the hits are legitimate load.
+    fn remedy(self) -> &'static str {
         match self {
-            Limit::Connections => "--max-connections",
-            Limit::HeaderTimeout => "--request-header-timeout",
-            Limit::IdleTimeout => "--idle-timeout",
-            Limit::HeaderBytes => "--max-request-header-bytes",
-            Limit::PeerRequests => "--max-peer-requests",
+            Limit::Connections => "raise --max-connections if this is legitimate load",
+            Limit::HeaderTimeout => "raise --request-header-timeout if this is legitimate load",
+            Limit::IdleTimeout => "raise --idle-timeout if this is legitimate load",
+            Limit::HeaderBytes => "raise --max-request-header-bytes if this is legitimate load",
+            Limit::PeerRequests => "raise --max-peer-requests if this is legitimate load",
+            Limit::OpenFiles => {
+                "raise the hard open-file limit (the container runtime's LimitNOFILE, \
+                 `ulimit -Hn`) or lower --max-connections"
+            }
         }
     }
 
@@ -119,8 +128,8 @@ impl LimitHits {
             tracing::warn!(
                 limit = limit.label(),
                 times,
-                "{what} ({times} since the last report); raise {} if this is legitimate load",
-                limit.flag()
+                "{what} ({times} since the last report); {}",
+                limit.remedy()
             );
         } else {
             tracing::debug!(limit = limit.label(), times, "{what}");
@@ -142,6 +151,9 @@ mod tests {
             hits.hit(Limit::HeaderBytes, "a request head was too large");
         }
         hits.hit(Limit::Connections, "every connection slot is taken");
+        for _ in 0..3 {
+            hits.hit(Limit::OpenFiles, "accept failed: too many open files");
+        }
         let text = metrics.encode();
         assert!(
             text.contains(r#"reflektor_limit_hits_total{limit="header_bytes"} 50"#),
@@ -149,6 +161,10 @@ mod tests {
         );
         assert!(
             text.contains(r#"reflektor_limit_hits_total{limit="connections"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"reflektor_limit_hits_total{limit="open_files"} 3"#),
             "{text}"
         );
         let logged = hits.logged.lock().unwrap();

@@ -113,8 +113,17 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
+                    // Out of file descriptors, the error repeats every
+                    // 50 ms until one closes: counted, and logged rate-limited.
+                    let out_of_files = [rustix::io::Errno::MFILE, rustix::io::Errno::NFILE]
+                        .iter()
+                        .any(|errno| error.raw_os_error() == Some(errno.raw_os_error()));
+                    if out_of_files {
+                        hits.hit(Limit::OpenFiles, &format!("accept failed: {error}"));
+                    } else {
+                        tracing::debug!(%error, "accept failed");
+                    }
+                    // Back off instead of spinning.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
