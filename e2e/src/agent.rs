@@ -492,6 +492,15 @@ impl Agent {
         String::from_utf8_lossy(&std::fs::read(&self.log_file).unwrap_or_default()).into_owned()
     }
 
+    /// The lines the agent logged from one of its modules, e.g.
+    /// `reflektor::registry`, for failure messages: its whole debug log is
+    /// mostly libp2p and HTTP/2.
+    pub fn logged(&self, module: &str) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().filter(|line| line.contains(module)).collect();
+        format!("the agent's {module} logged:\n{}", lines.join("\n"))
+    }
+
     /// The libp2p peer id the agent logged when its router started
     /// (`router started peer_id=…`); with peers, that line is written before
     /// the agent serves, so it is there once [`Reflektor::start_peer`] returns.

@@ -76,14 +76,6 @@ async fn fetch_blob(agent: &Agent, pushed: &PushedImage, digest: &str) -> Result
     Ok(())
 }
 
-/// What an agent logged from one of its modules, e.g. `reflektor::state`,
-/// for failure messages: its whole debug log is mostly libp2p and HTTP/2.
-fn logged(agent: &Agent, module: &str) -> String {
-    let log = agent.log();
-    let lines: Vec<&str> = log.lines().filter(|line| line.contains(module)).collect();
-    format!("the agent's {module} logged:\n{}", lines.join("\n"))
-}
-
 /// How many times the agent has walked after subscribing again to
 /// containerd's events. No metric tells; the agent logs each such walk as
 /// `state synced reason="resubscribed"`.
@@ -181,7 +173,7 @@ async fn agent_survives_a_containerd_restart_and_follows_the_new_one() -> Result
         ensure!(
             agent.exited()?.is_none(),
             "the agent exited when containerd restarted ({round} of {CONTAINERD_RESTARTS}); {}",
-            logged(&agent, "reflektor::")
+            agent.logged("reflektor::")
         );
         livez(&agent).await?;
         let up = Instant::now();
@@ -197,7 +189,7 @@ async fn agent_survives_a_containerd_restart_and_follows_the_new_one() -> Result
             Ok(subscriptions(&agent) > subscribed_before)
         })
         .await
-        .with_context(|| logged(&agent, "reflektor::state"))?;
+        .with_context(|| agent.logged("reflektor::state"))?;
         let following = up.elapsed();
         // The backoff starts over with each containerd that answers; when
         // it did not, the fifth restart was followed after 5.4 s.
@@ -205,7 +197,7 @@ async fn agent_survives_a_containerd_restart_and_follows_the_new_one() -> Result
             following < FOLLOW_BUDGET,
             "after containerd restart {round} the agent took {following:?} to follow its \
              events, over {FOLLOW_BUDGET:?}; {}",
-            logged(&agent, "reflektor::state")
+            agent.logged("reflektor::state")
         );
         recoveries.push((restarted, serving, following));
     }
@@ -228,7 +220,7 @@ async fn agent_survives_a_containerd_restart_and_follows_the_new_one() -> Result
             && agent.metric(&ADVERTISED_TAGS).await? >= 2.0)
     })
     .await
-    .with_context(|| logged(&agent, "reflektor::state"))?;
+    .with_context(|| agent.logged("reflektor::state"))?;
 
     // The other node finds the new content through the DHT.
     let later_layer = &images.later.image.platforms[0]
@@ -299,7 +291,7 @@ async fn an_agent_started_on_a_quiet_node_advertises_what_it_holds() -> Result<(
         || async { Ok(agent.metric(&ADVERTISED_DIGESTS).await? >= app) },
     )
     .await
-    .with_context(|| logged(&agent, "reflektor::state"))?;
+    .with_context(|| agent.logged("reflektor::state"))?;
     stop_agent(agent, "the quiet node").await?;
     node.stop().await
 }
@@ -576,7 +568,7 @@ async fn killing_the_serving_agent_mid_blob_resumes_from_the_other_holder() -> R
     let reader = reader.finish(&layer.digest).await.with_context(|| {
         format!(
             "reading the blob after the serving agent died; {}",
-            logged(&members[2].agent, "reflektor::registry")
+            members[2].agent.logged("reflektor::registry")
         )
     })?;
 
@@ -726,7 +718,7 @@ async fn a_blackholed_peer_costs_a_pull_well_under_its_timeouts() -> Result<()> 
         format!(
             "pulling with {}'s port blackholed; {}",
             dead.node.name(),
-            logged(&puller.agent, "reflektor::registry")
+            puller.agent.logged("reflektor::registry")
         )
     })?;
     eprintln!(
@@ -744,7 +736,7 @@ async fn a_blackholed_peer_costs_a_pull_well_under_its_timeouts() -> Result<()> 
         "{}'s agent did not name {} in a warning; {}",
         puller.node.name(),
         dead.agent.addr(),
-        logged(&puller.agent, "reflektor::registry")
+        puller.agent.logged("reflektor::registry")
     );
     ensure!(
         took <= BLACKHOLE_BUDGET,

@@ -93,8 +93,15 @@ fn three(tag: &str) -> Vec<(Suite, NodeConfig)> {
 }
 
 /// Pulls `pushed` on every holder from the upstream and waits until each
-/// advertises all of it.
-async fn hold(holders: &[Member], pushed: &PushedImage, upstream: &Upstream) -> Result<()> {
+/// advertises all of it; then points `puller`'s containerd at its agent and
+/// stops the upstream, so that the puller can get the image only from peers.
+async fn hold_then_go_offline(
+    reflektor: &Reflektor,
+    holders: &[Member],
+    puller: &Member,
+    pushed: &PushedImage,
+    upstream: &mut Upstream,
+) -> Result<()> {
     let held = scenario::digests_held(&pushed.image, &Platform::host()?)? as f64;
     for holder in holders {
         upstream.configure_node(&holder.node)?;
@@ -110,7 +117,8 @@ async fn hold(holders: &[Member], pushed: &PushedImage, upstream: &Upstream) -> 
         )
         .await?;
     }
-    Ok(())
+    reflektor.configure_mirror(&puller.node, puller.agent.addr(), upstream.addr())?;
+    upstream.stop().await
 }
 
 /// Which of `holders` is answering a request now, when exactly one is.
@@ -125,16 +133,6 @@ async fn serving(holders: &[Member]) -> Result<Option<usize>> {
         [one] => Some(one),
         _ => None,
     })
-}
-
-/// What an agent logged from `reflektor::registry`, for failure messages.
-fn registry_log(agent: &Agent) -> String {
-    let log = agent.log();
-    let lines: Vec<&str> = log
-        .lines()
-        .filter(|line| line.contains("reflektor::registry"))
-        .collect();
-    format!("the puller's agent logged:\n{}", lines.join("\n"))
 }
 
 /// How long a partition may stall a pull: the puller's agent gives a peer
@@ -166,9 +164,7 @@ async fn a_partition_mid_transfer_resumes_from_the_other_holder() -> Result<()> 
     )?;
     let (holders, puller) = cluster.members.split_at(2);
     let puller = &puller[0];
-    hold(holders, &pushed, &upstream).await?;
-    reflektor.configure_mirror(&puller.node, puller.agent.addr(), upstream.addr())?;
-    upstream.stop().await?;
+    hold_then_go_offline(&reflektor, holders, puller, &pushed, &mut upstream).await?;
     puller.netns.limit_ingress(PULLER_MBIT)?;
 
     let cri = Cri::connect(&puller.node).await?;
@@ -200,7 +196,7 @@ async fn a_partition_mid_transfer_resumes_from_the_other_holder() -> Result<()> 
             started.elapsed() < Duration::from_secs(120),
             "the pull has not finished after 120 s ({} MiB at the puller); {}",
             bytes / MIB,
-            registry_log(&puller.agent)
+            puller.agent.logged("reflektor::registry")
         );
     };
     let took = started.elapsed();
@@ -212,7 +208,7 @@ async fn a_partition_mid_transfer_resumes_from_the_other_holder() -> Result<()> 
         format!(
             "pulling with {} partitioned; {}",
             holders[victim].node.name(),
-            registry_log(&puller.agent)
+            puller.agent.logged("reflektor::registry")
         )
     })?;
     eprintln!(
@@ -235,7 +231,7 @@ async fn a_partition_mid_transfer_resumes_from_the_other_holder() -> Result<()> 
             .lines()
             .any(|line| line.contains("WARN") && line.contains(&lost)),
         "the puller's agent did not name {lost} in a warning; {}",
-        registry_log(&puller.agent)
+        puller.agent.logged("reflektor::registry")
     );
     puller.node.verify_content(&scenario::stored_digests(
         &pushed.image,
@@ -269,9 +265,7 @@ async fn killing_the_serving_agent_in_a_loop_loses_nothing() -> Result<()> {
     )?;
     let (holders, puller) = cluster.members.split_at_mut(2);
     let puller = &puller[0];
-    hold(holders, &pushed, &upstream).await?;
-    reflektor.configure_mirror(&puller.node, puller.agent.addr(), upstream.addr())?;
-    upstream.stop().await?;
+    hold_then_go_offline(&reflektor, holders, puller, &pushed, &mut upstream).await?;
     puller.netns.limit_ingress(KILL_LOOP_MBIT)?;
 
     let cri = Cri::connect(&puller.node).await?;
@@ -308,7 +302,7 @@ async fn killing_the_serving_agent_in_a_loop_loses_nothing() -> Result<()> {
             "the pull has not finished after 180 s ({} MiB at the puller, {} kills); {}",
             bytes / MIB,
             kills.len(),
-            registry_log(&puller.agent)
+            puller.agent.logged("reflektor::registry")
         );
     };
     let took = started.elapsed();
@@ -316,7 +310,7 @@ async fn killing_the_serving_agent_in_a_loop_loses_nothing() -> Result<()> {
         format!(
             "pulling across {} kills; {}",
             kills.len(),
-            registry_log(&puller.agent)
+            puller.agent.logged("reflektor::registry")
         )
     })?;
     for (name, bytes, back) in &kills {
@@ -381,9 +375,14 @@ async fn a_full_disk_fails_the_pull_clearly_and_advertises_nothing_corrupt() -> 
         cluster(&reflektor, data.path(), "full", 63, nodes),
     )?;
     let (holder, puller) = (&cluster.members[0], &cluster.members[1]);
-    hold(std::slice::from_ref(holder), &pushed, &upstream).await?;
-    reflektor.configure_mirror(&puller.node, puller.agent.addr(), upstream.addr())?;
-    upstream.stop().await?;
+    hold_then_go_offline(
+        &reflektor,
+        std::slice::from_ref(holder),
+        puller,
+        &pushed,
+        &mut upstream,
+    )
+    .await?;
 
     let cri = Cri::connect(&puller.node).await?;
     let error = match cri.pull_image(&pushed.by_tag).await {

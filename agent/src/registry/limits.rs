@@ -64,18 +64,26 @@ impl Limit {
         }
     }
 
-    /// What to change when the hits are legitimate load.
-    fn remedy(self) -> &'static str {
+    /// The flag that moves it; none for the open-file limit, which is the
+    /// process's.
+    fn flag(self) -> Option<&'static str> {
         match self {
-            Limit::Connections => "raise --max-connections if this is legitimate load",
-            Limit::HeaderTimeout => "raise --request-header-timeout if this is legitimate load",
-            Limit::IdleTimeout => "raise --idle-timeout if this is legitimate load",
-            Limit::HeaderBytes => "raise --max-request-header-bytes if this is legitimate load",
-            Limit::PeerRequests => "raise --max-peer-requests if this is legitimate load",
-            Limit::OpenFiles => {
-                "raise the hard open-file limit (the container runtime's LimitNOFILE, \
-                 `ulimit -Hn`) or lower --max-connections"
-            }
+            Limit::Connections => Some("--max-connections"),
+            Limit::HeaderTimeout => Some("--request-header-timeout"),
+            Limit::IdleTimeout => Some("--idle-timeout"),
+            Limit::HeaderBytes => Some("--max-request-header-bytes"),
+            Limit::PeerRequests => Some("--max-peer-requests"),
+            Limit::OpenFiles => None,
+        }
+    }
+
+    /// What to change when the hits are legitimate load.
+    fn remedy(self) -> String {
+        match self.flag() {
+            Some(flag) => format!("raise {flag} if this is legitimate load"),
+            None => "raise the hard open-file limit (the container runtime's LimitNOFILE, \
+                     `ulimit -Hn`) or lower --max-connections"
+                .to_owned(),
         }
     }
 
