@@ -29,6 +29,9 @@ use crate::http;
 use crate::pod::{Pods, Sandbox};
 use crate::pod_template::{ContainerPlan, HttpProbe, PodPlan, Restart};
 
+/// How long after StopContainer a container's status may still say running.
+const STATUS_SETTLE: Duration = Duration::from_secs(2);
+
 /// kubelet's crash-loop back-off: the second restart waits this long, each
 /// further one twice as long, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(10);
@@ -219,10 +222,20 @@ impl KubeletPod {
         for id in ids.iter().filter(|id| !id.is_empty()) {
             let stopped = async {
                 self.pods.stop_container(id, grace).await?;
-                self.pods
-                    .exit_code(id)
-                    .await?
-                    .with_context(|| format!("container {id} still runs after StopContainer"))
+                // containerd records the exit from the task's exit event,
+                // which can land a moment after StopContainer returns: one
+                // read right after it failed once in CI with the container
+                // already dead.
+                let deadline = std::time::Instant::now() + STATUS_SETTLE;
+                loop {
+                    if let Some(code) = self.pods.exit_code(id).await? {
+                        break anyhow::Ok(code);
+                    }
+                    if std::time::Instant::now() >= deadline {
+                        bail!("container {id} still runs {STATUS_SETTLE:?} after StopContainer");
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
             };
             match stopped.await {
                 Ok(code) => codes.push(code),
