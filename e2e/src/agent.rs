@@ -380,6 +380,25 @@ impl Reflektor {
         Ok(agent)
     }
 
+    /// An agent started again where `crashed` listened, with `peering`'s
+    /// identity: the same node come back, as kubelet restarts a crashed
+    /// host-network pod. Waits until it serves (`/livez`).
+    pub async fn restart_peer(
+        &self,
+        backend: Backend<'_>,
+        crashed: &Agent,
+        peering: Peering,
+    ) -> Result<Agent> {
+        let placement = Placement {
+            registry: crashed.addr(),
+            metrics: crashed.metrics_addr(),
+            netns: None,
+        };
+        let mut agent = self.start(backend, placement, Some(peering)).await?;
+        agent.wait_for("/livez").await?;
+        Ok(agent)
+    }
+
     /// [`Reflektor::start_peer`] inside `netns`, on the ports every node of
     /// a cluster uses ([`NODE_REGISTRY_PORT`], [`NODE_METRICS_PORT`]; its
     /// router on [`node_router`]), as a DaemonSet's pods do. Started again

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::{self, Backend, Peering, Reflektor};
 use crate::cri::Cri;
-use crate::deploy::RunningAgent;
+use crate::deploy::{HostAgent, RunningAgent};
 use crate::http;
 use crate::node::{ContainerdNode, NodeConfig};
 use crate::packages::ContainerdBuild;
@@ -62,6 +62,20 @@ pub enum Fault {
     UpstreamOffline,
     /// The node serving a large pull dies mid-transfer.
     NodeLoss,
+    /// The node serving a pull is cut off from every other mid-transfer:
+    /// its packets vanish, and nothing tells the puller.
+    Partition,
+    /// The serving agent is SIGKILLed mid-transfer, pull after pull, and
+    /// comes back as kubelet restarts it.
+    AgentKill,
+    /// The puller's content store fills up during a pull.
+    DiskFull,
+}
+
+impl Fault {
+    /// The faults the third node pulls its own images under, each a new
+    /// single-layer image of [`FAULT_LAYER_MIB`](crate::scenario::FAULT_LAYER_MIB) MiB.
+    pub const WITH_IMAGES: [Fault; 3] = [Fault::Partition, Fault::AgentKill, Fault::DiskFull];
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,13 +155,29 @@ impl ClusterSpec {
         self
     }
 
+    /// Whether the third node pulls images of its own under a fault.
+    pub fn wants_fault_images(&self) -> bool {
+        Fault::WITH_IMAGES.iter().any(|f| self.faults.contains(f))
+    }
+
+    /// The member that pulls last and meets the faults: the third that runs
+    /// the agent, by declaration order.
+    pub fn third_member(&self) -> Option<usize> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.expect == Expect::Supported)
+            .nth(2)
+            .map(|(i, _)| i)
+    }
+
     /// Parses and checks a cluster file; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self> {
         let spec: Self = toml::from_str(text).with_context(|| {
             format!(
                 "{origin} is not a cluster file; expected `name`, optional `description`, \
                  `images` (small, multi-arch, large), `faults` (containerd-restart, \
-                 upstream-offline, node-loss) and [[node]] tables with `name`, `source`, \
+                 upstream-offline, node-loss, partition, agent-kill, disk-full) and [[node]] tables with `name`, `source`, \
                  optional `expect` (supported, too-old) and optional `optional` (true lets a \
                  host that cannot reach the node's package source skip the cluster)"
             )
@@ -377,9 +407,9 @@ impl Member {
         };
         let node = self.node()?;
         let agent = reflektor
-            .start_peer(Backend::Containerd(node), self.ip, peering)
+            .start_peer(Backend::Containerd(node), self.ip, peering.clone())
             .await?;
-        self.agent = Some(Box::new(agent));
+        self.agent = Some(Box::new(HostAgent::new(agent, reflektor.clone(), peering)));
         Ok(())
     }
 
@@ -574,6 +604,9 @@ impl fmt::Display for Fault {
             Fault::ContainerdRestart => "containerd-restart",
             Fault::UpstreamOffline => "upstream-offline",
             Fault::NodeLoss => "node-loss",
+            Fault::Partition => "partition",
+            Fault::AgentKill => "agent-kill",
+            Fault::DiskFull => "disk-full",
         })
     }
 }
@@ -624,6 +657,26 @@ mod tests {
         .unwrap();
         assert_eq!(code, file);
         code.validate().unwrap();
+    }
+
+    #[test]
+    fn the_third_member_skips_refused_nodes_and_faults_choose_their_images() {
+        let spec = ClusterSpec::new("x")
+            .refused_node("old", "debian:bullseye")
+            .node("a", "debian:sid")
+            .node("b", "debian:trixie")
+            .node("c", "debian:bookworm")
+            .node("d", "debian:bookworm")
+            .images([ImageKind::Small]);
+        assert_eq!(spec.third_member(), Some(3));
+        assert!(!spec.clone().faults([Fault::NodeLoss]).wants_fault_images());
+        for fault in Fault::WITH_IMAGES {
+            assert!(spec.clone().faults([fault]).wants_fault_images(), "{fault}");
+        }
+        let two = ClusterSpec::new("y")
+            .node("a", "debian:sid")
+            .node("b", "debian:sid");
+        assert_eq!(two.third_member(), None);
     }
 
     #[test]

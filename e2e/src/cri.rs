@@ -93,6 +93,18 @@ impl Cri {
         Ok(response.images)
     }
 
+    /// Waits until CRI answers `ListImages`: after a restart, containerd
+    /// answers its own API before the CRI plugin has recovered its state,
+    /// and CRI calls fail with "server is not initialized yet" until then.
+    /// kubelet retries such calls; a check must wait instead.
+    pub async fn wait_initialized(&self) -> Result<()> {
+        crate::support::eventually(
+            &format!("CRI on node {} serving after a restart", self.node),
+            || async { Ok(self.list_images().await.is_ok()) },
+        )
+        .await
+    }
+
     /// `RemoveImage`; removing an image the node does not have succeeds, as in CRI.
     pub async fn remove_image(&self, image: &str) -> Result<()> {
         let request = RemoveImageRequest {

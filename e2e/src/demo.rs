@@ -42,7 +42,7 @@ pub async fn run(reflektor: &Reflektor) -> Result<()> {
         "demo",
         "building a small image and one with a 256 MiB layer",
     );
-    let catalogue = tokio::task::spawn_blocking(|| Catalogue::build(true)).await??;
+    let catalogue = tokio::task::spawn_blocking(|| Catalogue::build(true, false)).await??;
     let large = catalogue
         .large
         .as_ref()

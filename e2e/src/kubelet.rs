@@ -35,7 +35,7 @@ const STATUS_SETTLE: Duration = Duration::from_secs(2);
 /// kubelet's crash-loop back-off: the second restart waits this long, each
 /// further one twice as long, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(10);
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// How often container states are looked at between probes.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -68,6 +68,9 @@ pub struct KubeletPod {
     status: watch::Receiver<PodStatus>,
     cancel: CancellationToken,
     watcher: Option<tokio::task::JoinHandle<()>>,
+    /// Crashes a test caused ([`KubeletPod::crash`]): each is one exit and
+    /// one restart that are not a fault of the pod's.
+    crashes: u32,
 }
 
 impl KubeletPod {
@@ -127,6 +130,7 @@ impl KubeletPod {
             status: status_rx,
             cancel,
             watcher: Some(watcher),
+            crashes: 0,
         })
     }
 
@@ -157,19 +161,60 @@ impl KubeletPod {
     }
 
     /// An error naming them if any container has exited or been restarted
-    /// since the pod started: a crash that kubelet's restart hid.
+    /// since the pod started, beyond the crashes a test caused: a crash that
+    /// kubelet's restart hid.
     pub fn ensure_never_restarted(&self) -> Result<()> {
         let status = self.status();
+        let caused = self.crashes * self.ids.borrow().len() as u32;
         ensure!(
-            status.exits == 0 && status.restarts == 0,
-            "pod {}: its containers exited {} time(s) and were restarted {} time(s); kubelet's \
-             events: {}",
+            status.exits <= caused && status.restarts <= caused,
+            "pod {}: its containers exited {} time(s) and were restarted {} time(s), {caused} \
+             of each caused on purpose; kubelet's events: {}",
             self.name,
             status.exits,
             status.restarts,
             status.events.join("; ")
         );
         Ok(())
+    }
+
+    /// SIGKILL of every container, the sandbox kept: the processes crash,
+    /// and the watch loop restarts them per the restart policy, after
+    /// kubelet's back-off from the second time on.
+    pub async fn crash(&mut self) -> Result<()> {
+        let ids = self.ids.borrow().clone();
+        self.crashes += 1;
+        for id in ids.iter().filter(|id| !id.is_empty()) {
+            self.pods.stop_container(id, Duration::ZERO).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits, at most `within`, until every crash [`KubeletPod::crash`]
+    /// caused has been restarted and the pod is Ready again.
+    pub async fn wait_restarted(&mut self, within: Duration) -> Result<()> {
+        let caused = self.crashes * self.ids.borrow().len() as u32;
+        let waited = tokio::time::timeout(
+            within,
+            self.status.wait_for(|s| s.restarts >= caused && s.ready),
+        )
+        .await
+        .map(|ready| ready.is_ok());
+        let status = self.status();
+        match waited {
+            Ok(true) => Ok(()),
+            Ok(false) => bail!(
+                "pod {}: the kubelet double stopped watching it; its events: {}",
+                self.name,
+                status.events.join("; ")
+            ),
+            Err(_) => bail!(
+                "pod {} was not restarted and Ready within {within:?} of its crash; kubelet's \
+                 events: {}",
+                self.name,
+                status.events.join("; ")
+            ),
+        }
     }
 
     /// Every container's log, every attempt, without CRI's `<time> <stream>

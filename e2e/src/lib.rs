@@ -16,6 +16,7 @@ pub mod matrix;
 pub mod netns;
 pub mod node;
 pub mod packages;
+pub mod packet_filter;
 pub mod pod;
 pub mod pod_template;
 pub mod report;

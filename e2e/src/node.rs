@@ -251,6 +251,15 @@ impl ContainerdNode {
         })
     }
 
+    /// Bytes in use on the content store's filesystem: with a tmpfs store,
+    /// the least it can be shrunk to.
+    pub fn content_store_used(&self) -> Result<u64> {
+        let content = self.content_dir();
+        let stats = nix::sys::statvfs::statvfs(&content)
+            .with_context(|| format!("statvfs of {}", content.display()))?;
+        Ok((stats.blocks() - stats.blocks_free()) * stats.fragment_size())
+    }
+
     /// Bytes containerd has written into its ingest files so far: how far
     /// the downloads in progress have come.
     pub fn ingest_bytes(&self) -> u64 {

@@ -57,6 +57,9 @@ pub enum Column {
     Large,
     UpstreamOffline,
     NodeLoss,
+    Partition,
+    AgentKill,
+    DiskFull,
     ContainerdRestart,
     Cleanup,
 }
@@ -73,6 +76,9 @@ impl Check for Column {
         Column::Large,
         Column::UpstreamOffline,
         Column::NodeLoss,
+        Column::Partition,
+        Column::AgentKill,
+        Column::DiskFull,
         Column::ContainerdRestart,
         Column::Cleanup,
     ];
@@ -93,6 +99,9 @@ impl Check for Column {
             Column::Large => "large",
             Column::UpstreamOffline => "upstream-offline",
             Column::NodeLoss => "node-loss",
+            Column::Partition => "partition",
+            Column::AgentKill => "agent-kill",
+            Column::DiskFull => "disk-full",
             Column::ContainerdRestart => "containerd-restart",
             Column::Cleanup => "cleanup",
         }
@@ -110,6 +119,9 @@ impl Check for Column {
             Column::Large => "256 MiB",
             Column::UpstreamOffline => "upstream off",
             Column::NodeLoss => "node loss",
+            Column::Partition => "partition",
+            Column::AgentKill => "agent kill",
+            Column::DiskFull => "disk full",
             Column::ContainerdRestart => "ctrd restart",
             Column::Cleanup => "cleanup",
         }
@@ -140,6 +152,15 @@ impl Check for Column {
             }
             Column::NodeLoss => {
                 "the node serving a large pull is killed mid-transfer; the pull still completes, resumed from another holder"
+            }
+            Column::Partition => {
+                "the node serving a 64 MiB layer is cut off mid-transfer (its packets dropped); the pull resumes from another holder within the stall bound, and the layer is stored whole"
+            }
+            Column::AgentKill => {
+                "pull after pull, the serving agent is SIGKILLed mid-layer and restarted as kubelet restarts it; every pull completes from the other holder, every layer whole, and the restarted agents advertise again"
+            }
+            Column::DiskFull => {
+                "the puller's content store fills up mid-pull: the pull fails with \"no space left on device\", nothing of the layer is stored or served, and the same pull succeeds once there is room"
             }
             Column::ContainerdRestart => {
                 "containerd restarts under the agent; the agent keeps serving and advertises what is pulled afterwards"

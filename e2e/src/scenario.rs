@@ -81,13 +81,30 @@ pub struct Catalogue {
     pub multi: TestImage,
     /// One uncompressed layer of [`LARGE_LAYER_MIB`] MiB, when asked for.
     pub large: Option<TestImage>,
+    /// What the third node pulls under the faults that cut a transfer or
+    /// fill its disk, when any cluster declares one.
+    pub faults: Option<FaultImages>,
     _dir: TempDir,
 }
 
+/// One image per pull that meets a fault, each a single uncompressed layer
+/// of [`FAULT_LAYER_MIB`] MiB: new to the puller every time, and big enough
+/// that a throttled pull is surely mid-layer when the fault lands.
+pub struct FaultImages {
+    pub partition: TestImage,
+    /// One per round of the kill loop.
+    pub kills: Vec<TestImage>,
+    pub disk_full: TestImage,
+}
+
+pub const FAULT_LAYER_MIB: u64 = 64;
+/// Rounds of the agent-kill loop: pulls, each with its serving agent killed.
+pub const KILL_ROUNDS: usize = 3;
+
 impl Catalogue {
     /// Builds the images into a fresh layout; blocking, and a few seconds
-    /// with the large image (256 MiB of seeded noise).
-    pub fn build(with_large: bool) -> Result<Self> {
+    /// with the large image (256 MiB of seeded noise) or the fault images.
+    pub fn build(with_large: bool, with_faults: bool) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("reflektor-e2e-images-")
             .tempdir_in(crate::node::work_parent())?;
@@ -110,6 +127,24 @@ impl Catalogue {
         } else {
             None
         };
+        let faults = if with_faults {
+            let mut layer = |tag: &str| {
+                layout.add_image(
+                    tag,
+                    &host,
+                    &[LayerSpec::uncompressed(FAULT_LAYER_MIB * MIB)],
+                )
+            };
+            Some(FaultImages {
+                partition: layer("partition-v1")?,
+                kills: (1..=KILL_ROUNDS)
+                    .map(|round| layer(&format!("kill-{round}-v1")))
+                    .collect::<Result<_>>()?,
+                disk_full: layer("disk-full-v1")?,
+            })
+        } else {
+            None
+        };
         Ok(Self {
             layout,
             app,
@@ -117,6 +152,7 @@ impl Catalogue {
             later,
             multi,
             large,
+            faults,
             _dir: dir,
         })
     }

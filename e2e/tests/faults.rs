@@ -17,6 +17,7 @@ use reflektor_e2e::debian::Suite;
 use reflektor_e2e::http;
 use reflektor_e2e::image::{OciLayout, Platform};
 use reflektor_e2e::node::{ContainerdNode, NodeConfig};
+use reflektor_e2e::packet_filter::Dropped;
 use reflektor_e2e::scenario::{self, images};
 use reflektor_e2e::support::{self, eventually};
 use reflektor_e2e::upstream::PushedImage;
@@ -615,57 +616,6 @@ async fn killing_the_serving_agent_mid_blob_resumes_from_the_other_holder() -> R
     Ok(())
 }
 
-/// Drops every packet to one address and port while it lives, as a dead
-/// hostPort does: an iptables rule in the INPUT chain, deleted on drop.
-struct Blackhole {
-    rule: Vec<String>,
-}
-
-impl Blackhole {
-    fn new(target: SocketAddr) -> Result<Self> {
-        let rule: Vec<String> = [
-            "INPUT",
-            "-p",
-            "tcp",
-            "-d",
-            &target.ip().to_string(),
-            "--dport",
-            &target.port().to_string(),
-            "-j",
-            "DROP",
-        ]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-        let status = std::process::Command::new("iptables")
-            .arg("-I")
-            .args(&rule)
-            .status()
-            .context("running iptables (Debian's iptables package)")?;
-        ensure!(
-            status.success(),
-            "iptables -I {} exited with {status}",
-            rule.join(" ")
-        );
-        Ok(Self { rule })
-    }
-}
-
-impl Drop for Blackhole {
-    fn drop(&mut self) {
-        let deleted = std::process::Command::new("iptables")
-            .arg("-D")
-            .args(&self.rule)
-            .status();
-        if !deleted.is_ok_and(|s| s.success()) {
-            eprintln!(
-                "could not delete the rule; run `iptables -D {}` by hand",
-                self.rule.join(" ")
-            );
-        }
-    }
-}
-
 /// The most a pull may take when one of the two holders silently drops
 /// every packet: about half a second undisturbed, and the hedge after
 /// 300 ms moves each request on. Without it, every request waited for
@@ -706,7 +656,7 @@ async fn a_blackholed_peer_costs_a_pull_well_under_its_timeouts() -> Result<()> 
     reflektor.configure_mirror(&puller.node, puller.agent.addr(), upstream.addr())?;
     upstream.stop().await?;
 
-    let blackhole = Blackhole::new(dead.agent.addr())?;
+    let blackhole = Dropped::port(dead.agent.addr())?;
     let started = Instant::now();
     let pulled = Cri::connect(&puller.node)
         .await?

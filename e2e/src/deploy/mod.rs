@@ -12,9 +12,9 @@ use anyhow::{Context, Result, ensure};
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::agent::{Agent, Reflektor};
+use crate::agent::{Agent, Backend, Peering, Reflektor};
 use crate::cluster::{self, Member};
-use crate::node::NodeConfig;
+use crate::node::{ContainerdNode, NodeConfig};
 use crate::upstream::Upstream;
 
 /// The two ways, as `--deploy` names them and the report records them.
@@ -59,6 +59,18 @@ pub trait RunningAgent: Send + Sync {
     /// SIGKILL, as when its node dies. The log comes back either way.
     async fn kill(self: Box<Self>) -> (String, Result<()>);
 
+    /// SIGKILL of the agent alone, as when it crashes or the OOM killer
+    /// strikes, its node staying up; [`RunningAgent::restarted`] brings it
+    /// back. Crashes made this way are not the hidden restarts that
+    /// [`RunningAgent::check_running`] reports.
+    async fn crash(&mut self) -> Result<()>;
+
+    /// The crashed agent running and ready again with a peer, as kubelet
+    /// brings a DaemonSet's pod back: started again on the same node, ports
+    /// and identity, or, as a pod, restarted by the kubelet double after its
+    /// crash-loop back-off.
+    async fn restarted(&mut self, node: &ContainerdNode) -> Result<()>;
+
     /// Stopped as kubelet stops it (SIGTERM, then the grace period); an
     /// unclean exit is an error. The log comes back either way.
     async fn stop(self: Box<Self>) -> (String, Result<()>);
@@ -80,39 +92,74 @@ pub trait RunningAgent: Send + Sync {
     }
 }
 
+/// An agent as a host process, with what it takes to start it again as
+/// the same node.
+pub struct HostAgent {
+    agent: Agent,
+    reflektor: Reflektor,
+    peering: Peering,
+    /// The logs of the processes it crashed as, oldest first.
+    earlier_logs: String,
+}
+
+impl HostAgent {
+    pub fn new(agent: Agent, reflektor: Reflektor, peering: Peering) -> Self {
+        HostAgent {
+            agent,
+            reflektor,
+            peering,
+            earlier_logs: String::new(),
+        }
+    }
+}
+
 #[async_trait]
-impl RunningAgent for Agent {
+impl RunningAgent for HostAgent {
     fn addr(&self) -> SocketAddr {
-        Agent::addr(self)
+        self.agent.addr()
     }
 
     fn metrics_addr(&self) -> SocketAddr {
-        Agent::metrics_addr(self)
+        self.agent.metrics_addr()
     }
 
     fn log(&self) -> String {
-        Agent::log(self)
+        format!("{}{}", self.earlier_logs, self.agent.log())
     }
 
     fn check_running(&mut self) -> Result<()> {
-        match self.exited()? {
+        match self.agent.exited()? {
             None => Ok(()),
-            Some(status) => anyhow::bail!("the agent exited ({status}):\n{}", Agent::log(self)),
+            Some(status) => anyhow::bail!("the agent exited ({status}):\n{}", self.log()),
         }
     }
 
     async fn wait_until_ready(&mut self) -> Result<()> {
-        Agent::wait_until_ready(self).await
+        self.agent.wait_until_ready().await
     }
 
     async fn kill(mut self: Box<Self>) -> (String, Result<()>) {
-        let killed = Agent::kill(&mut self).map(|_| ());
-        (Agent::log(&self), killed)
+        let killed = self.agent.kill().map(|_| ());
+        (self.log(), killed)
+    }
+
+    async fn crash(&mut self) -> Result<()> {
+        self.agent.kill().map(|_| ())
+    }
+
+    async fn restarted(&mut self, node: &ContainerdNode) -> Result<()> {
+        let agent = self
+            .reflektor
+            .restart_peer(Backend::Containerd(node), &self.agent, self.peering.clone())
+            .await?;
+        let crashed = std::mem::replace(&mut self.agent, agent);
+        self.earlier_logs.push_str(&crashed.log());
+        self.agent.wait_until_ready().await
     }
 
     async fn stop(mut self: Box<Self>) -> (String, Result<()>) {
-        let status = self.terminate().await;
-        let log = Agent::log(&self);
+        let status = self.agent.terminate().await;
+        let log = self.log();
         let clean = status.and_then(|status| {
             ensure!(status.success(), "the agent exited {status} on SIGTERM");
             Ok(())

@@ -431,6 +431,19 @@ impl RunningAgent for PodAgent {
         (self.pod.log(), killed)
     }
 
+    async fn crash(&mut self) -> Result<()> {
+        self.pod.crash().await
+    }
+
+    /// The back-off before a second restart is kubelet's 10 s, doubling.
+    async fn restarted(&mut self, _node: &ContainerdNode) -> Result<()> {
+        let within = self.startup_budget + crate::kubelet::MAX_BACKOFF;
+        self.pod.wait_restarted(within).await?;
+        crate::agent::wait_for_peer(self.metrics)
+            .await
+            .with_context(|| self.pod.log())
+    }
+
     /// A crash kubelet's restart hid fails here too: in process mode it
     /// would have failed the checks that ran since.
     async fn stop(mut self: Box<Self>) -> (String, Result<()>) {

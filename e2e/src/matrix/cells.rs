@@ -15,12 +15,22 @@ impl Run<'_> {
         for column in [
             Column::UpstreamOffline,
             Column::NodeLoss,
+            Column::Partition,
+            Column::AgentKill,
+            Column::DiskFull,
             Column::ContainerdRestart,
         ] {
             roleless.push((
                 seed,
                 column,
                 "seeds from the upstream; the faults are others' roles",
+            ));
+        }
+        for column in [Column::Partition, Column::AgentKill, Column::DiskFull] {
+            roleless.push((
+                second,
+                column,
+                "holds the images the third node pulls under the fault",
             ));
         }
         roleless.push((
@@ -43,6 +53,9 @@ impl Run<'_> {
                 Column::Large,
                 Column::UpstreamOffline,
                 Column::NodeLoss,
+                Column::Partition,
+                Column::AgentKill,
+                Column::DiskFull,
                 Column::ContainerdRestart,
             ] {
                 roleless.push((extra, column, "pulls the small images through peers only"));

@@ -7,7 +7,10 @@
 //! - the *second* pulls through peers while the upstream is up, then has its
 //!   containerd restarted and pulls one image only it will hold;
 //! - the *third* pulls through peers once the upstream is offline, that one
-//!   image included, and loses the peer serving its large pull mid-transfer.
+//!   image included; pulls an image of its own under each of the faults a
+//!   transfer can meet (its serving peer partitioned, its serving agent
+//!   killed pull after pull, its own disk full); and loses the peer serving
+//!   its large pull mid-transfer.
 //!
 //! Further nodes pull through peers like the second. Each check's cell is
 //! recorded as it finishes; the first failure stops the cluster and marks
@@ -15,9 +18,11 @@
 //!
 //! This module orchestrates: clusters, the upstream, nodes and agents, in
 //! order. `scenarios` holds what each role does and the faults it meets;
-//! `cells` turns outcomes into the report's cells.
+//! `faults` the third node's pulls that are cut off, killed or find the disk
+//! full; `cells` turns outcomes into the report's cells.
 
 mod cells;
+mod faults;
 mod scenarios;
 
 use std::collections::BTreeMap;
@@ -84,6 +89,13 @@ pub async fn run(reflektor: &Reflektor, options: &Options) -> Result<Report> {
     let started_unix = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
+    if options
+        .clusters
+        .iter()
+        .any(|c| c.faults.contains(&Fault::Partition))
+    {
+        crate::packet_filter::Dropped::clear_leftovers()?;
+    }
     // Nothing of an earlier run may pass for this one's.
     let logs = options.out_dir.join("logs");
     if logs.exists() {
@@ -110,7 +122,9 @@ pub async fn run(reflektor: &Reflektor, options: &Options) -> Result<Report> {
             }
         ),
     );
-    let catalogue = tokio::task::spawn_blocking(move || Catalogue::build(with_large)).await??;
+    let with_faults = options.clusters.iter().any(ClusterSpec::wants_fault_images);
+    let catalogue =
+        tokio::task::spawn_blocking(move || Catalogue::build(with_large, with_faults)).await??;
     let mut clusters = Vec::new();
     for (i, spec) in options.clusters.iter().enumerate() {
         progress(
@@ -266,6 +280,20 @@ struct Pushed {
     later: PushedImage,
     multi: Option<PushedImage>,
     large: Option<PushedImage>,
+    /// Each declared fault's images, see [`scenario::FaultImages`].
+    partition: Option<PushedImage>,
+    kills: Vec<PushedImage>,
+    disk_full: Option<PushedImage>,
+}
+
+impl Pushed {
+    /// The images the seed and the second hold for the third's faults.
+    fn fault_images(&self) -> impl Iterator<Item = &PushedImage> {
+        self.partition
+            .iter()
+            .chain(&self.kills)
+            .chain(&self.disk_full)
+    }
 }
 
 struct Run<'a> {
@@ -302,6 +330,9 @@ impl Run<'_> {
             (Fault::ContainerdRestart, Column::ContainerdRestart),
             (Fault::UpstreamOffline, Column::UpstreamOffline),
             (Fault::NodeLoss, Column::NodeLoss),
+            (Fault::Partition, Column::Partition),
+            (Fault::AgentKill, Column::AgentKill),
+            (Fault::DiskFull, Column::DiskFull),
         ] {
             if !self.spec.faults.contains(&fault) {
                 for &i in &roles {
@@ -327,6 +358,7 @@ impl Run<'_> {
         for &puller in std::iter::once(&second).chain(&roles[3..]) {
             self.pull_small_images(puller, &pushed, "").await?;
         }
+        self.hold_fault_images(second, &pushed).await?;
         if let Some(large) = &pushed.large
             && (self.options.wants(Column::Large) || self.options.wants(Column::NodeLoss))
         {
@@ -354,6 +386,10 @@ impl Run<'_> {
         let pulls = self.pull_small_images(third, &pushed, context).await?;
         self.pull_later_from(third, second, &pushed, offline, pulls)
             .await?;
+        self.partition_mid_pull(third, [seed, second], &pushed)
+            .await?;
+        self.kill_loop(third, [seed, second], &pushed).await?;
+        self.disk_full(third, &pushed).await?;
         self.large_with_node_loss(third, [seed, second], &pushed)
             .await?;
         self.cleanup(&roles).await
@@ -399,7 +435,7 @@ impl Run<'_> {
             upstream.push(&catalogue.layout, image, repo).await
         };
         let started = Instant::now();
-        let pushed = Pushed {
+        let mut pushed = Pushed {
             app: push(&catalogue.app, "e2e/app").await?,
             pinned: push(&catalogue.pinned, "e2e/pinned").await?,
             later: push(&catalogue.later, "e2e/later").await?,
@@ -411,7 +447,27 @@ impl Run<'_> {
                 (true, Some(large)) => Some(push(large, "e2e/large").await?),
                 _ => None,
             },
+            partition: None,
+            kills: Vec::new(),
+            disk_full: None,
         };
+        if let Some(faults) = &catalogue.faults {
+            // Pushed, and so pulled, only where the check runs.
+            let declared =
+                |fault, column| self.spec.faults.contains(&fault) && self.options.wants(column);
+            if declared(Fault::Partition, Column::Partition) {
+                pushed.partition = Some(push(&faults.partition, "e2e/partition").await?);
+            }
+            if declared(Fault::AgentKill, Column::AgentKill) {
+                for (round, image) in faults.kills.iter().enumerate() {
+                    let repo = format!("e2e/kill-{}", round + 1);
+                    pushed.kills.push(push(image, &repo).await?);
+                }
+            }
+            if declared(Fault::DiskFull, Column::DiskFull) {
+                pushed.disk_full = Some(push(&faults.disk_full, "e2e/disk-full").await?);
+            }
+        }
         progress(
             &self.spec.name,
             &format!(
@@ -438,11 +494,18 @@ impl Run<'_> {
             ))
         })
         .await?;
-        let (config, notes) = self
+        let (mut config, notes) = self
             .runner_ref()?
             .node_config(&self.spec.name, &self.members[i])
             .await?;
         self.rows[i].notes.extend(notes);
+        if self.spec.faults.contains(&Fault::DiskFull) && self.spec.third_member() == Some(i) {
+            config.content_store_bytes = Some(faults::ROOMY_STORE);
+            self.rows[i].notes.push(format!(
+                "content store on a {} MiB tmpfs, shrunk to fill up for the disk-full check",
+                faults::ROOMY_STORE / MIB
+            ));
+        }
         self.members[i].start_node(config).await?;
         if self.members[i].spec.expect == Expect::Supported {
             let upstream = self.upstream.as_ref().context("the upstream is running")?;

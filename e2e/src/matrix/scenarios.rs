@@ -67,6 +67,7 @@ impl Run<'_> {
         if self.options.wants(Column::Large) || self.options.wants(Column::NodeLoss) {
             images.extend(&pushed.large);
         }
+        images.extend(pushed.fault_images());
         let started = Instant::now();
         for image in &images {
             self.members[seed].pull(&image.by_tag, 0).await?;
@@ -158,6 +159,10 @@ impl Run<'_> {
             let result = async {
                 let member = &mut self.members[second];
                 member.node_mut()?.restart().await?;
+                crate::cri::Cri::connect(member.node()?)
+                    .await?
+                    .wait_initialized()
+                    .await?;
                 // Through the mounted socket directory, the agent reaches the
                 // new socket and serves again, without a restart of its own.
                 let mirror = member.agent()?.addr();
@@ -188,8 +193,17 @@ impl Run<'_> {
             );
         }
         if restart || self.options.wants(Column::UpstreamOffline) {
-            self.members[second].pull(&pushed.later.by_tag, 0).await?;
-            self.wait_advertised(second, &pushed.later.image).await?;
+            let started = Instant::now();
+            let pulled = async {
+                self.members[second].pull(&pushed.later.by_tag, 0).await?;
+                self.wait_advertised(second, &pushed.later.image).await
+            }
+            .await;
+            if restart && let Err(error) = pulled {
+                let error = error.context("pulling an image after containerd's restart");
+                return self.conclude(second, Column::ContainerdRestart, started, Err(error));
+            }
+            pulled?;
         }
         Ok(())
     }
