@@ -22,6 +22,8 @@ use prometheus_client::registry::Registry;
 pub enum Source {
     Local,
     Peer,
+    /// To a peer, from a download in progress on this node.
+    InFlight,
 }
 
 impl Source {
@@ -29,6 +31,7 @@ impl Source {
         match self {
             Source::Local => "local",
             Source::Peer => "peer",
+            Source::InFlight => "in_flight",
         }
     }
 }
@@ -160,7 +163,7 @@ impl Metrics {
         );
         registry.register(
             "served_bytes",
-            "Manifest and blob bytes served, by where they came from (local or peer)",
+            "Manifest and blob bytes served, by where they came from (local, peer, or in_flight: a download in progress here, to a peer)",
             served_bytes.clone(),
         );
         registry.register(

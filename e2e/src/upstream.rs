@@ -205,6 +205,34 @@ impl Upstream {
         &self.log_file
     }
 
+    /// Body bytes the upstream has sent for GETs of blob `digest`, across
+    /// restarts: what pulling it cost the upstream in egress. Read from the
+    /// registry's access log (`"GET <path> HTTP/1.1" <status> <bytes> …`),
+    /// which counts what it wrote, a body cut short included.
+    pub fn blob_bytes_sent(&self, digest: &str) -> Result<u64> {
+        let log = fs::read_to_string(&self.log_file)
+            .with_context(|| format!("reading {}", self.log_file.display()))?;
+        let blob = format!("/blobs/{digest} ");
+        let mut sent = 0;
+        for line in log.lines() {
+            let Some((_, request)) = line.split_once("\"GET ") else {
+                continue;
+            };
+            let Some((path, rest)) = request.split_once('"') else {
+                continue;
+            };
+            if !path.contains(&blob) {
+                continue;
+            }
+            let bytes = rest
+                .split_whitespace()
+                .nth(1)
+                .and_then(|b| b.parse::<u64>().ok());
+            sent += bytes.with_context(|| format!("an access log line without a size: {line}"))?;
+        }
+        Ok(sent)
+    }
+
     /// The `hosts.toml` that has containerd pull from this upstream over plain HTTP.
     pub fn hosts_toml(&self) -> String {
         let url = self.url();

@@ -19,7 +19,7 @@ use reflektor_e2e::image::{OciLayout, Platform};
 use reflektor_e2e::node::{ContainerdNode, NodeConfig};
 use reflektor_e2e::packet_filter::Dropped;
 use reflektor_e2e::scenario::{self, images};
-use reflektor_e2e::support::{self, eventually};
+use reflektor_e2e::support::{self, Peered as Member, eventually};
 use reflektor_e2e::upstream::PushedImage;
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -422,12 +422,6 @@ impl BlobReader {
     }
 }
 
-/// A node of the kill test: containerd and its agent.
-struct Member {
-    node: ContainerdNode,
-    agent: Agent,
-}
-
 /// Starts the three members, each bootstrapped with the other two; their
 /// nodes are named `{prefix}-<suite>` and their addresses are 127.0.0.`net`
 /// to 127.0.0.`net + 2`, so that tests running at once do not meet.
@@ -438,37 +432,7 @@ async fn three_members(
     net: u8,
 ) -> Result<Vec<Member>> {
     let suites = [Suite::Bookworm, Suite::Trixie, Suite::Sid];
-    let ips = [loopback(net), loopback(net + 1), loopback(net + 2)];
-    let routers = ips
-        .iter()
-        .map(|ip| http::free_port(*ip))
-        .collect::<Result<Vec<_>>>()?;
-    let (bookworm, trixie, sid) = tokio::try_join!(
-        support::build(suites[0]),
-        support::build(suites[1]),
-        support::build(suites[2]),
-    )?;
-    let nodes = tokio::try_join!(
-        ContainerdNode::start(&bookworm, NodeConfig::new(format!("{prefix}-bookworm"))),
-        ContainerdNode::start(&trixie, NodeConfig::new(format!("{prefix}-trixie"))),
-        ContainerdNode::start(&sid, NodeConfig::new(format!("{prefix}-sid"))),
-    )?;
-    let mut members = Vec::new();
-    for (i, node) in [nodes.0, nodes.1, nodes.2].into_iter().enumerate() {
-        let peering = Peering {
-            router: routers[i],
-            data_dir: data.join(node.name()),
-            bootstrap: agent::static_bootstrap(&routers, i),
-        };
-        let agent = reflektor
-            .start_peer(Backend::Containerd(&node), ips[i], peering)
-            .await?;
-        members.push(Member { node, agent });
-    }
-    for member in &mut members {
-        member.agent.wait_until_ready().await?;
-    }
-    Ok(members)
+    support::peered(reflektor, data, prefix, net, &suites).await
 }
 
 /// Nodes 1 and 2 hold a 256 MiB layer; the upstream is stopped; a client

@@ -42,12 +42,12 @@ pub async fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
     let filter = filter(args)?;
     let registry_listener = bind(&args.registry_addr, "--registry-addr").await?;
     let metrics_listener = bind(&args.metrics_addr, "--metrics-addr").await?;
-    let (store, containerd): (Arc<dyn ContentStore>, _) = match &args.oci_layout {
+    let (store, containerd, peer_fed): (Arc<dyn ContentStore>, _, _) = match &args.oci_layout {
         Some(dir) => {
             let store = OciLayoutStore::open(dir)
                 .await
                 .with_context(|| format!("--oci-layout {}", dir.display()))?;
-            (Arc::new(store), None)
+            (Arc::new(store), None, None)
         }
         None => {
             let namespace = Namespace::new(&args.containerd_namespace)?;
@@ -57,7 +57,12 @@ pub async fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
                 namespace.clone(),
                 &args.containerd_content_path,
             );
-            (Arc::new(store), Some((containerd, namespace)))
+            let peer_fed = store.peer_fed();
+            (
+                Arc::new(store),
+                Some((containerd, namespace)),
+                Some(peer_fed),
+            )
         }
     };
     let metrics = Arc::new(Metrics::new());
@@ -104,7 +109,7 @@ pub async fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
     }
     let hits = Arc::new(LimitHits::new(Arc::clone(&metrics)));
     let mirror = router.as_ref().map(|router| {
-        Mirror::new(
+        let mirror = Mirror::new(
             Arc::new(router.clone()),
             MirrorConfig {
                 resolve_timeout: args.peers.mirror_resolve_timeout.get(),
@@ -116,7 +121,11 @@ pub async fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
             },
             Arc::clone(&metrics),
             Arc::clone(&hits),
-        )
+        );
+        match peer_fed {
+            Some(set) => mirror.marking(set),
+            None => mirror,
+        }
     });
     let app = registry::router(Arc::new(AppState {
         store,

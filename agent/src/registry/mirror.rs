@@ -36,6 +36,7 @@ use crate::auth::BasicAuth;
 use crate::http_client::PeerClient;
 use crate::metrics::{Metrics, PeerFailure, Source};
 use crate::oci::{Digest, Reference, Verifier};
+use crate::store::{PeerFed, Relay};
 
 /// Marks a request one agent forwarded to another. A request carrying it
 /// is answered from local content only, so two nodes can never bounce a
@@ -89,6 +90,8 @@ pub struct Mirror {
     hits: Arc<LimitHits>,
     /// The `Authorization` header for peers, encoded once.
     authorization: Option<HeaderValue>,
+    /// Where the blobs relayed to this node's containerd are marked.
+    peer_fed: Option<Arc<PeerFed>>,
 }
 
 /// The headers a peer's answer may pass on to the client.
@@ -120,7 +123,15 @@ impl Mirror {
             metrics,
             health: Arc::default(),
             hits,
+            peer_fed: None,
         }
+    }
+
+    /// Marks each blob in `set` while it looks for and relays the blob, so
+    /// that the store does not share a download that peers feed.
+    pub fn marking(mut self, set: Arc<PeerFed>) -> Self {
+        self.peer_fed = Some(set);
+        self
     }
 
     /// Answers from a peer, or returns `miss`, the local answer, when no
@@ -134,6 +145,13 @@ impl Mirror {
     ) -> Result<Response<Body>, RegistryError> {
         let Some(key) = self.key(target) else {
             return Err(miss);
+        };
+        // From before the lookup: containerd's ingest for it exists already.
+        let relay = match (&target.kind, &self.peer_fed) {
+            (Kind::Blob(digest), Some(set)) if *method == Method::GET => {
+                Some(set.hold(digest.clone()))
+            }
+            _ => None,
         };
         let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
             self.hits.hit(
@@ -170,7 +188,7 @@ impl Mirror {
                     Kind::Manifest(Reference::Digest(digest)) | Kind::Blob(digest) => Some(digest),
                     Kind::Manifest(Reference::Tag(_)) => None,
                 };
-                Ok(self.relay(request, response, providers, digest, slot))
+                Ok(self.relay(request, response, providers, digest, (slot, relay)))
             }
             None => {
                 self.metrics.mirror_request(&registry, false);
@@ -280,7 +298,7 @@ impl Mirror {
         response: Response<Incoming>,
         spare: Providers,
         digest: Option<&Digest>,
-        slot: OwnedSemaphorePermit,
+        held: (OwnedSemaphorePermit, Option<Relay>),
     ) -> Response<Body> {
         let (parts, body) = response.into_parts();
         let mut relayed = Response::builder().status(parts.status);
@@ -306,7 +324,7 @@ impl Mirror {
                 metrics: Arc::clone(&self.metrics),
                 senders: vec![request.peer],
                 verifier,
-                _slot: slot,
+                _held: held,
                 request,
                 spare,
                 body,
@@ -485,8 +503,9 @@ struct Resume {
     /// not match its digest.
     senders: Vec<SocketAddr>,
     verifier: Option<Verifier>,
-    /// Held while the body streams.
-    _slot: OwnedSemaphorePermit,
+    /// The peer-request slot and the blob's mark as peer-fed, held while
+    /// the body streams.
+    _held: (OwnedSemaphorePermit, Option<Relay>),
     request: PeerRequest,
     spare: Providers,
     body: Incoming,

@@ -30,7 +30,7 @@ use futures::StreamExt;
 use crate::auth::BasicAuth;
 use crate::metrics::Source;
 use crate::oci::{Digest, Filter, Reference, media_type};
-use crate::store::{BlobBody, ByteRange, ContentStore};
+use crate::store::{BlobBody, ByteRange, ContentStore, StoreError};
 use range::RangeRequest;
 use target::{Kind, Target};
 
@@ -157,7 +157,9 @@ async fn dispatch(
                 Some(mirror),
             ) if !forwarded => mirror.forward(&target, &method, &headers, miss).await,
             (local, _) => local.map(|mut response| {
-                response.extensions_mut().insert(Source::Local);
+                if response.extensions().get::<Source>().is_none() {
+                    response.extensions_mut().insert(Source::Local);
+                }
                 response
             }),
         }
@@ -219,11 +221,21 @@ async fn blob(
     headers: &HeaderMap,
     head: bool,
 ) -> Result<Response, RegistryError> {
-    let size = state
-        .store
-        .blob_size(digest)
-        .await
-        .map_err(|e| RegistryError::from_store(e, false))?;
+    // A peer may have what this node is still downloading; this node's own
+    // containerd never: that download is the one it is waiting for.
+    let forwarded = headers.contains_key(FORWARDED_HEADER);
+    let (size, in_flight) = match state.store.blob_size(digest).await {
+        Ok(size) => (size, false),
+        Err(StoreError::NotFound(_)) if forwarded => {
+            let size = state
+                .store
+                .in_flight_size(digest)
+                .await
+                .map_err(|e| RegistryError::from_store(e, false))?;
+            (size, true)
+        }
+        Err(error) => return Err(RegistryError::from_store(error, false)),
+    };
     let range_header = headers.get(header::RANGE).map(HeaderValue::as_bytes);
     let (status, range) = match range::parse(range_header, size) {
         RangeRequest::Whole => (
@@ -257,11 +269,15 @@ async fn blob(
     if head {
         return Ok(response.body(Body::empty()).expect("valid response parts"));
     }
-    let body = state
-        .store
-        .blob(digest, range)
-        .await
-        .map_err(|e| RegistryError::from_store(e, false))?;
+    let body = if in_flight {
+        state.store.in_flight_blob(digest, range).await
+    } else {
+        state.store.blob(digest, range).await
+    };
+    let body = body.map_err(|e| RegistryError::from_store(e, false))?;
+    if in_flight {
+        response = response.extension(Source::InFlight);
+    }
     let response = match body {
         BlobBody::File { file, range } => {
             let send_file = SendFile::new(file, range);

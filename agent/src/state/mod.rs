@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::metrics::Metrics;
-use crate::oci::{Filter, RegistryHost};
+use crate::oci::{Digest, Filter, RegistryHost};
 use crate::runtime::{Containerd, Namespace};
 use crate::store::{ContentStore, StoreError};
 
@@ -61,6 +61,10 @@ const PERIODIC_RESYNC: Duration = Duration::from_secs(300);
 /// Events come in bursts (a pull writes many blobs, then the image); one
 /// walk after the burst is enough.
 const DEBOUNCE: Duration = Duration::from_millis(500);
+/// How often containerd's ingest directory is looked at for downloads that
+/// began: a peer pulling the same image finds this node's download at most
+/// this much (and an announcement) after its first byte.
+const DOWNLOAD_POLL: Duration = Duration::from_millis(100);
 
 /// What one sync changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -76,6 +80,10 @@ pub struct StateSync {
     advertiser: Arc<dyn Advertiser>,
     filter: Filter,
     metrics: Arc<Metrics>,
+    /// Blobs advertised while downloading that no image holds yet: once
+    /// committed they stay advertised until their image walks them (its
+    /// record comes after its last layer), or until they are gone.
+    shared: BTreeSet<Digest>,
 }
 
 impl StateSync {
@@ -90,6 +98,7 @@ impl StateSync {
             advertiser,
             filter,
             metrics,
+            shared: BTreeSet::new(),
         }
     }
 
@@ -114,6 +123,8 @@ impl StateSync {
                 digests.insert(digest.to_string());
             }
         }
+        self.shared = self.shared_downloads(&digests).await;
+        digests.extend(self.shared.iter().map(ToString::to_string));
         let wanted: Vec<String> = tags.iter().chain(digests.iter()).cloned().collect();
         let advertised = self
             .advertiser
@@ -127,6 +138,29 @@ impl StateSync {
             digests: digests.len(),
             tags: tags.len(),
         })
+    }
+
+    /// The downloads to advertise besides what the images hold: those in
+    /// progress, and those since committed whose image is not recorded yet.
+    /// Content filters cannot apply: a download names no registry.
+    async fn shared_downloads(&self, walked: &BTreeSet<String>) -> BTreeSet<Digest> {
+        let mut shared: BTreeSet<Digest> = self.store.in_flight().await.into_iter().collect();
+        for digest in &self.shared {
+            if shared.contains(digest) || walked.contains(&digest.to_string()) {
+                continue;
+            }
+            if self.store.blob_size(digest).await.is_ok() {
+                shared.insert(digest.clone());
+            }
+        }
+        shared.retain(|digest| !walked.contains(&digest.to_string()));
+        shared
+    }
+
+    /// Whether a download has begun that is not advertised yet.
+    async fn new_download(&self) -> bool {
+        let in_flight = self.store.in_flight().await;
+        in_flight.iter().any(|digest| !self.shared.contains(digest))
     }
 
     /// Keeps the advertised set in sync with containerd until `shutdown`:
@@ -150,6 +184,8 @@ impl StateSync {
         let mut backoff = Backoff::default();
         let mut periodic = tokio::time::interval(PERIODIC_RESYNC);
         periodic.tick().await;
+        let mut downloads = tokio::time::interval(DOWNLOAD_POLL);
+        downloads.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             if let Some(reason) = pending {
                 if self.logged_resync(reason).await {
@@ -163,6 +199,12 @@ impl StateSync {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 _ = periodic.tick() => pending = Some("periodic"),
+                _ = downloads.tick(), if pending.is_none() => {
+                    // No event says a download began: it is looked for.
+                    if self.new_download().await {
+                        pending = Some("download started");
+                    }
+                }
                 () = tokio::time::sleep(retry), if pending.is_some() => {}
                 signal = received.recv() => {
                     let Some(signal) = signal else { break };

@@ -77,3 +77,89 @@ fn tags_are_told_from_digests_and_ids() {
         "127.0.0.1:5000"
     );
 }
+
+/// A test double for containerd's ingest directory: an OCI layout store
+/// whose downloads in progress the test sets. The real one is read by
+/// `store::ingest`, and the whole path runs in e2e's `in_flight` test.
+struct Downloading {
+    layout: OciLayoutStore,
+    in_flight: std::sync::Mutex<Vec<Digest>>,
+}
+
+#[async_trait]
+impl ContentStore for Downloading {
+    async fn resolve(
+        &self,
+        registry: &RegistryHost,
+        name: &crate::oci::Name,
+        tag: &crate::oci::Tag,
+    ) -> Result<Digest, StoreError> {
+        self.layout.resolve(registry, name, tag).await
+    }
+
+    async fn manifest(&self, digest: &Digest) -> Result<crate::store::Manifest, StoreError> {
+        self.layout.manifest(digest).await
+    }
+
+    async fn blob_size(&self, digest: &Digest) -> Result<u64, StoreError> {
+        self.layout.blob_size(digest).await
+    }
+
+    async fn blob(
+        &self,
+        digest: &Digest,
+        range: crate::store::ByteRange,
+    ) -> Result<crate::store::BlobBody, StoreError> {
+        self.layout.blob(digest, range).await
+    }
+
+    async fn images(&self) -> Result<Vec<crate::store::Image>, StoreError> {
+        self.layout.images().await
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.layout.ready().await
+    }
+
+    async fn in_flight(&self) -> Vec<Digest> {
+        self.in_flight.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn a_download_is_advertised_from_its_start_until_its_image_holds_it_or_it_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    write_layout(dir.path(), 9);
+    let store = Arc::new(Downloading {
+        layout: OciLayoutStore::open(dir.path()).await.unwrap(),
+        in_flight: Default::default(),
+    });
+    let recorder = Arc::new(Recorder::default());
+    let mut sync = StateSync::new(
+        store.clone(),
+        recorder.clone(),
+        Filter::default(),
+        Arc::new(Metrics::new()),
+    );
+    sync.resync().await.unwrap();
+    let walked = recorder.keys().len();
+
+    let layer = b"a layer no image holds yet";
+    let digest = Digest::sha256_of(layer);
+    *store.in_flight.lock().unwrap() = vec![digest.clone()];
+    assert!(sync.new_download().await);
+    assert_eq!(sync.resync().await.unwrap().advertised, 1);
+    assert!(recorder.keys().contains(&digest.to_string()));
+    assert!(!sync.new_download().await, "advertised already");
+
+    // Committed, its image not yet recorded: still there to be found.
+    std::fs::write(dir.path().join("blobs/sha256").join(digest.hex()), layer).unwrap();
+    store.in_flight.lock().unwrap().clear();
+    assert_eq!(sync.resync().await.unwrap().withdrawn, 0);
+    assert!(recorder.keys().contains(&digest.to_string()));
+
+    // Gone (the pull failed, containerd collected it): withdrawn.
+    std::fs::remove_file(dir.path().join("blobs/sha256").join(digest.hex())).unwrap();
+    assert_eq!(sync.resync().await.unwrap().withdrawn, 1);
+    assert_eq!(recorder.keys().len(), walked);
+}

@@ -3,8 +3,11 @@
 //! `<content-path>/blobs/<alg>/<hex>` so that they can go out with
 //! `sendfile(2)`. When that directory is not readable (the agent's pod does
 //! not mount it), bytes come through the content service's `Read` instead.
+//! Blobs still downloading are read from its `ingest/` directory
+//! ([`super::ingest`]).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -13,7 +16,7 @@ use futures::stream::BoxStream;
 
 use super::media_types::{Descriptor, MediaTypes};
 use super::throttle::{MISS_INTERVAL, Throttle};
-use super::{BlobBody, ByteRange, ContentStore, Image, Manifest, StoreError};
+use super::{BlobBody, ByteRange, ContentStore, Image, Manifest, PeerFed, StoreError, ingest};
 use crate::oci::{Digest, Name, RegistryHost, Tag};
 use crate::runtime::{Containerd, ImageRecord, ImageTarget, Namespace, RuntimeError};
 
@@ -26,6 +29,8 @@ pub struct ContainerdStore {
     /// Walks over every image for media types, so that requests for
     /// digests that are not manifests cannot make every request a walk.
     walks: Throttle,
+    /// What the mirror is relaying to containerd: not shared in flight.
+    peer_fed: Arc<PeerFed>,
 }
 
 impl ContainerdStore {
@@ -37,7 +42,26 @@ impl ContainerdStore {
             content_path: content_path.to_owned(),
             media_types: MediaTypes::default(),
             walks: Throttle::new(MISS_INTERVAL),
+            peer_fed: Arc::default(),
         }
+    }
+
+    /// The set the mirror marks the blobs it relays in, so that this store
+    /// does not share their downloads.
+    pub fn peer_fed(&self) -> Arc<PeerFed> {
+        Arc::clone(&self.peer_fed)
+    }
+
+    /// The ingest of `digest`, if one is being written and not by peers.
+    async fn ingest(&self, digest: &Digest) -> Option<ingest::Ingest> {
+        if self.peer_fed.contains(digest) {
+            return None;
+        }
+        let (content, digest) = (self.content_path.clone(), digest.clone());
+        tokio::task::spawn_blocking(move || ingest::find(&content, &digest))
+            .await
+            .ok()
+            .flatten()
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -210,5 +234,44 @@ impl ContentStore for ContainerdStore {
             .await
             .map(|_| ())
             .map_err(|e| StoreError::backend("asking containerd for its version", e))
+    }
+
+    /// Only downloads that have begun: an empty ingest may be one whose
+    /// bytes are about to come from a peer through the mirror, which marks
+    /// it only once containerd asks.
+    async fn in_flight(&self) -> Vec<Digest> {
+        let content = self.content_path.clone();
+        let listed = tokio::task::spawn_blocking(move || ingest::list(&content))
+            .await
+            .unwrap_or_default();
+        listed
+            .into_iter()
+            .filter(|i| i.written > 0 && !self.peer_fed.contains(&i.digest))
+            .map(|i| i.digest)
+            .collect()
+    }
+
+    async fn in_flight_size(&self, digest: &Digest) -> Result<u64, StoreError> {
+        self.ingest(digest)
+            .await
+            .map(|i| i.total)
+            .ok_or_else(|| StoreError::NotFound(format!("blob {digest} in flight")))
+    }
+
+    async fn in_flight_blob(
+        &self,
+        digest: &Digest,
+        range: ByteRange,
+    ) -> Result<BlobBody, StoreError> {
+        let not_found = || StoreError::NotFound(format!("blob {digest} in flight"));
+        let ingest = self.ingest(digest).await.ok_or_else(not_found)?;
+        match ingest::stream(&ingest, range, self.blob_path(digest)) {
+            Ok(stream) => Ok(BlobBody::Stream(stream)),
+            Err(error) if error.kind() == std::io::ErrorKind::InvalidInput => Err(not_found()),
+            Err(error) => Err(StoreError::backend(
+                format!("opening the download in progress of blob {digest}"),
+                error,
+            )),
+        }
     }
 }

@@ -6,12 +6,15 @@
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
 mod containerd;
+pub mod ingest;
 mod media_types;
 mod oci_layout;
+mod peer_fed;
 mod throttle;
 
 pub use containerd::ContainerdStore;
 pub use oci_layout::OciLayoutStore;
+pub use peer_fed::{PeerFed, Relay};
 
 use std::fmt;
 
@@ -128,4 +131,26 @@ pub trait ContentStore: Send + Sync + 'static {
 
     /// Whether the backend answers at all; drives `/readyz`.
     async fn ready(&self) -> Result<(), StoreError>;
+
+    /// Blobs the runtime is writing now, from elsewhere than peers, that
+    /// peers may read as they grow ([`ingest`]). A store nothing writes
+    /// into has none.
+    async fn in_flight(&self) -> Vec<Digest> {
+        Vec::new()
+    }
+
+    /// The size a blob being written will have, for a peer's HEAD.
+    async fn in_flight_size(&self, digest: &Digest) -> Result<u64, StoreError> {
+        Err(StoreError::NotFound(format!("blob {digest} in flight")))
+    }
+
+    /// A blob being written, for a peer, as it grows; `range` must end
+    /// where the blob does, or it is `NotFound` here.
+    async fn in_flight_blob(
+        &self,
+        digest: &Digest,
+        _range: ByteRange,
+    ) -> Result<BlobBody, StoreError> {
+        Err(StoreError::NotFound(format!("blob {digest} in flight")))
+    }
 }
