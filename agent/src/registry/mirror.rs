@@ -188,6 +188,10 @@ impl Mirror {
                     Kind::Manifest(Reference::Digest(digest)) | Kind::Blob(digest) => Some(digest),
                     Kind::Manifest(Reference::Tag(_)) => None,
                 };
+                let relay = relay.map(|mut relay| {
+                    relay.fed();
+                    relay
+                });
                 Ok(self.relay(request, response, providers, digest, (slot, relay)))
             }
             None => {

@@ -62,6 +62,7 @@ impl ContainerdStore {
             .await
             .ok()
             .flatten()
+            .filter(ingest::Ingest::growing)
     }
 
     fn blob_path(&self, digest: &Digest) -> PathBuf {
@@ -236,17 +237,19 @@ impl ContentStore for ContainerdStore {
             .map_err(|e| StoreError::backend("asking containerd for its version", e))
     }
 
-    /// Only downloads that have begun: an empty ingest may be one whose
-    /// bytes are about to come from a peer through the mirror, which marks
-    /// it only once containerd asks.
+    /// Only downloads that have begun and still grow: an empty ingest may
+    /// be one whose bytes are about to come from a peer through the mirror,
+    /// which marks it only once containerd asks, and one that stopped is a
+    /// pull that failed.
     async fn in_flight(&self) -> Vec<Digest> {
         let content = self.content_path.clone();
         let listed = tokio::task::spawn_blocking(move || ingest::list(&content))
             .await
             .unwrap_or_default();
+        self.peer_fed.forget_gone(listed.iter().map(|i| &i.digest));
         listed
             .into_iter()
-            .filter(|i| i.written > 0 && !self.peer_fed.contains(&i.digest))
+            .filter(|i| i.written > 0 && i.growing() && !self.peer_fed.contains(&i.digest))
             .map(|i| i.digest)
             .collect()
     }

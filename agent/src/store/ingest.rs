@@ -47,7 +47,17 @@ pub struct Ingest {
     pub total: u64,
     /// Bytes written so far.
     pub written: u64,
+    /// When bytes were last written.
+    updated: std::time::SystemTime,
     data: PathBuf,
+}
+
+impl Ingest {
+    /// Whether bytes were written within [`STALL`]: a download that stopped
+    /// longer ago failed, and its reader would only wait for it to give up.
+    pub fn growing(&self) -> bool {
+        self.updated.elapsed().is_ok_and(|since| since < STALL)
+    }
 }
 
 /// Every blob being written under `content` whose size is known, in no
@@ -76,11 +86,12 @@ fn read(dir: &Path) -> Option<Ingest> {
         .ok()
         .filter(|&total| total > 0)?;
     let data = dir.join("data");
-    let written = std::fs::metadata(&data).ok()?.len();
+    let metadata = std::fs::metadata(&data).ok()?;
     Some(Ingest {
         digest,
         total,
-        written,
+        written: metadata.len(),
+        updated: metadata.modified().ok()?,
         data,
     })
 }
@@ -280,6 +291,7 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].digest, digest);
         assert_eq!((found[0].total, found[0].written), (10, 0));
+        assert!(found[0].growing(), "written just now");
         assert_eq!(find(content.path(), &digest), Some(found[0].clone()));
         assert!(list(&content.path().join("missing")).is_empty());
     }
