@@ -463,6 +463,18 @@ pub struct PeerArgs {
     #[arg(long, env = "MIRROR_RESOLVE_RETRIES", default_value_t = 3)]
     pub mirror_resolve_retries: usize,
 
+    /// How long a node that misses a blob nobody provides waits for the
+    /// node chosen to fetch it from the upstream. When several nodes miss
+    /// the same blob at once (a rollout), one of them, picked the same way
+    /// by all through the DHT, fetches it, and the others stream its
+    /// download as it arrives, so the upstream sends the blob once. A node
+    /// whose leader advertises nothing in this time goes to the upstream
+    /// itself. Every such miss first waits 150 ms for the others to say
+    /// they want the blob too. 0s turns this off: each node that misses
+    /// goes to the upstream at once. A Go duration.
+    #[arg(long, env = "MIRROR_HERD_WAIT", default_value = "3s")]
+    pub mirror_herd_wait: GoDuration,
+
     /// Hash every whole body relayed from a peer and cut the response short
     /// when it does not match the digest asked for, so that a corrupt or
     /// lying peer's bytes never pass as good. Costs about 0.8 CPU-seconds

@@ -63,6 +63,33 @@ impl PeerFailure {
     }
 }
 
+/// What became of a blob's miss that joined a herd: the label of the herd
+/// metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HerdOutcome {
+    /// This node was chosen, and fetched it from the upstream.
+    Led,
+    /// It streamed the chosen node's download.
+    Followed,
+    /// The chosen node advertised nothing in time; it went to the upstream.
+    WaitedOut,
+}
+
+impl HerdOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            HerdOutcome::Led => "led",
+            HerdOutcome::Followed => "followed",
+            HerdOutcome::WaitedOut => "waited_out",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
@@ -124,6 +151,7 @@ pub struct Metrics {
     advertised: Family<KindLabels, Gauge>,
     mirror_requests: Family<MirrorLabels, Counter>,
     peer_failures: Family<ReasonLabels, Counter>,
+    herd: Family<OutcomeLabels, Counter>,
     limit_hits: Family<LimitLabels, Counter>,
     resolve_duration: Histogram,
     peers: Gauge,
@@ -144,6 +172,7 @@ impl Metrics {
         let advertised = Family::<KindLabels, Gauge>::default();
         let mirror_requests = Family::<MirrorLabels, Counter>::default();
         let peer_failures = Family::<ReasonLabels, Counter>::default();
+        let herd = Family::<OutcomeLabels, Counter>::default();
         let limit_hits = Family::<LimitLabels, Counter>::default();
         let peers = Gauge::default();
         let announcements_pending = Gauge::default();
@@ -188,6 +217,13 @@ impl Metrics {
             peer_failures.clone(),
         );
         registry.register(
+            "herd_misses",
+            "Blob misses that other nodes may share, by outcome: led (this node was chosen \
+             to fetch from the upstream), followed (it streamed the chosen node's download), \
+             waited_out (the chosen node advertised nothing in time)",
+            herd.clone(),
+        );
+        registry.register(
             "limit_hits",
             "Times a bound was hit, by limit (connections, header_timeout, idle_timeout, \
              header_bytes, peer_requests)",
@@ -214,6 +250,7 @@ impl Metrics {
             advertised,
             mirror_requests,
             peer_failures,
+            herd,
             limit_hits,
             resolve_duration,
             peers,
@@ -274,6 +311,14 @@ impl Metrics {
         self.peer_failures
             .get_or_create(&ReasonLabels {
                 reason: failure.label(),
+            })
+            .inc();
+    }
+
+    pub fn herd(&self, outcome: HerdOutcome) {
+        self.herd
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.label(),
             })
             .inc();
     }

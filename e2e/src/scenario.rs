@@ -201,18 +201,37 @@ pub async fn noise_image(
     bytes: u64,
     seed: u64,
 ) -> Result<(Upstream, PushedImage, TempDir)> {
+    let (upstream, mut pushed, dir) = noise_images(repo, &["v1"], layers, bytes, seed).await?;
+    Ok((upstream, pushed.remove(0), dir))
+}
+
+/// [`noise_image`] with one image per tag, none sharing a layer.
+pub async fn noise_images(
+    repo: &str,
+    tags: &[&str],
+    layers: usize,
+    bytes: u64,
+    seed: u64,
+) -> Result<(Upstream, Vec<PushedImage>, TempDir)> {
     let dir = tempfile::Builder::new()
         .prefix("reflektor-e2e-noise-")
         .tempdir_in(crate::node::work_parent())?;
     let layout_dir = dir.path().to_owned();
+    let tags: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
     let build = tokio::task::spawn_blocking(move || {
         let mut layout = OciLayout::create(&layout_dir, seed)?;
         let specs = vec![LayerSpec::uncompressed(bytes); layers];
-        let image = layout.add_image("v1", &Platform::host()?, &specs)?;
-        anyhow::Ok((layout, image))
+        let images = tags
+            .iter()
+            .map(|tag| layout.add_image(tag, &Platform::host()?, &specs))
+            .collect::<Result<Vec<_>>>()?;
+        anyhow::Ok((layout, images))
     });
     let (upstream, built) = tokio::join!(Upstream::start(), build);
-    let (upstream, (layout, image)) = (upstream?, built.context("building the image")??);
-    let pushed = upstream.push(&layout, &image, repo).await?;
+    let (upstream, (layout, images)) = (upstream?, built.context("building the images")??);
+    let mut pushed = Vec::new();
+    for image in &images {
+        pushed.push(upstream.push(&layout, image, repo).await?);
+    }
     Ok((upstream, pushed, dir))
 }

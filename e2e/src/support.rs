@@ -24,7 +24,8 @@ pub struct Peered {
     pub agent: Agent,
 }
 
-/// Starts one node per suite, named `{prefix}-<suite>`, on 127.0.0.`net`,
+/// Starts one node per suite, named `{prefix}-<suite>` (and `-<n>` for the
+/// suite's n-th repeat), on 127.0.0.`net`,
 /// `net + 1` and on, each agent bootstrapped with all the others, and waits
 /// until every agent is ready; tests that run at once pick apart `net`s.
 pub async fn peered(
@@ -41,11 +42,16 @@ pub async fn peered(
         .iter()
         .map(|ip| http::free_port(*ip))
         .collect::<Result<Vec<_>>>()?;
-    let nodes = futures::future::try_join_all(suites.iter().map(|&suite| async move {
-        let name = format!("{prefix}-{suite:?}").to_lowercase();
-        ContainerdNode::start(&build(suite).await?, NodeConfig::new(name)).await
-    }))
-    .await?;
+    let nodes =
+        futures::future::try_join_all(suites.iter().enumerate().map(|(i, &suite)| async move {
+            let repeat = suites[..i].iter().filter(|s| **s == suite).count();
+            let name = match repeat {
+                0 => format!("{prefix}-{suite:?}").to_lowercase(),
+                n => format!("{prefix}-{suite:?}-{n}").to_lowercase(),
+            };
+            ContainerdNode::start(&build(suite).await?, NodeConfig::new(name)).await
+        }))
+        .await?;
     let mut members = Vec::new();
     for (i, node) in nodes.into_iter().enumerate() {
         let peering = Peering {

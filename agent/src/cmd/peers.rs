@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use async_trait::async_trait;
@@ -16,8 +16,8 @@ use crate::bootstrap::{
     socket_multiaddr,
 };
 use crate::cli::{BootstrapKind, PeerArgs};
-use crate::registry::{ProviderLookup, Readiness};
-use crate::routing::{Multiaddr, Router, RouterConfig, read_psk};
+use crate::registry::{Herd, ProviderLookup, Readiness};
+use crate::routing::{HerdRole, Multiaddr, Router, RouterConfig, read_psk};
 use crate::state::{AdvertiseError, Advertised, Advertiser};
 
 /// The router, and what `/readyz` waits for on its side.
@@ -156,6 +156,30 @@ impl Advertiser for Router {
 impl ProviderLookup for Router {
     async fn providers(&self, key: &str, limit: usize, timeout: Duration) -> Vec<SocketAddr> {
         match self.find_providers(key, limit, timeout).await {
+            Ok(providers) => providers.into_iter().map(|p| p.registry).collect(),
+            Err(error) => {
+                tracing::warn!(%error, key, "provider lookup failed");
+                Vec::new()
+            }
+        }
+    }
+
+    async fn join_herd(&self, key: &str) -> Herd {
+        match Router::join_herd(self, key).await {
+            Ok(HerdRole::Leads) => Herd::Leads,
+            Ok(HerdRole::Follows { leader, wanters }) => {
+                tracing::debug!(key, %leader, wanters, "another node fetches this blob");
+                Herd::Follows
+            }
+            Err(error) => {
+                tracing::warn!(%error, key, "cannot find the other nodes that want a blob");
+                Herd::Leads
+            }
+        }
+    }
+
+    async fn wait_for_providers(&self, key: &str, limit: usize, until: Instant) -> Vec<SocketAddr> {
+        match Router::wait_for_providers(self, key, limit, until).await {
             Ok(providers) => providers.into_iter().map(|p| p.registry).collect(),
             Err(error) => {
                 tracing::warn!(%error, key, "provider lookup failed");

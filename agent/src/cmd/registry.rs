@@ -114,6 +114,7 @@ pub async fn run(args: &RegistryArgs) -> anyhow::Result<ExitCode> {
             MirrorConfig {
                 resolve_timeout: args.peers.mirror_resolve_timeout.get(),
                 retries: args.peers.mirror_resolve_retries.max(1),
+                herd_wait: args.peers.mirror_herd_wait.get(),
                 resolve_tags: args.mirror.resolve_tags,
                 max_peer_requests: args.limits.max_peer_requests as usize,
                 auth: auth.clone(),

@@ -10,7 +10,11 @@
 //!   `--mirror-resolve-retries`;
 //! - a peer that fails in the middle of a body: the rest is fetched from
 //!   the next provider with a `Range` request at the same offset, so the
-//!   client sees one intact response.
+//!   client sees one intact response;
+//! - a blob nobody provides, which other nodes miss at the same moment:
+//!   one of them is chosen to fetch it from the upstream (`routing::herd`)
+//!   and the others wait up to `--mirror-herd-wait` for its download to be
+//!   advertised, then stream it; without it in time, 404.
 
 use std::collections::VecDeque;
 use std::io;
@@ -34,7 +38,7 @@ use super::peer_health::{self, PeerHealth};
 use super::target::{Kind, Target};
 use crate::auth::BasicAuth;
 use crate::http_client::PeerClient;
-use crate::metrics::{Metrics, PeerFailure, Source};
+use crate::metrics::{HerdOutcome, Metrics, PeerFailure, Source};
 use crate::oci::{Digest, Reference, Verifier};
 use crate::store::{PeerFed, Relay};
 
@@ -56,12 +60,39 @@ const HEDGE_AFTER: Duration = Duration::from_millis(300);
 /// How long a body may stall before the peer counts as failed.
 const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What this node does about a blob nobody provides, when other nodes
+/// may be missing it too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Herd {
+    /// Fetch it from the upstream: this node was chosen, or is alone.
+    Leads,
+    /// Wait for the chosen node's download.
+    Follows,
+}
+
 /// The router, as the mirror sees it: who provides a key.
 #[async_trait]
 pub trait ProviderLookup: Send + Sync {
     /// Registry addresses of up to `limit` peers that advertise `key`,
     /// waiting at most `timeout` for the first.
     async fn providers(&self, key: &str, limit: usize, timeout: Duration) -> Vec<SocketAddr>;
+
+    /// Tells the nodes that miss `key` now that this one does too, and
+    /// whether this one is to fetch it. A lookup that cannot tell leads.
+    async fn join_herd(&self, _key: &str) -> Herd {
+        Herd::Leads
+    }
+
+    /// Registry addresses of up to `limit` providers of `key` as soon as
+    /// there is one, looking afresh until `until`; empty when none appeared.
+    async fn wait_for_providers(
+        &self,
+        _key: &str,
+        _limit: usize,
+        _until: Instant,
+    ) -> Vec<SocketAddr> {
+        Vec::new()
+    }
 }
 
 pub struct MirrorConfig {
@@ -77,6 +108,9 @@ pub struct MirrorConfig {
     pub auth: Option<BasicAuth>,
     /// Whether whole bodies from peers are checked against their digest.
     pub verify: bool,
+    /// How long a node that follows a herd's leader waits for its
+    /// download; zero: nodes never wait for each other.
+    pub herd_wait: Duration,
 }
 
 pub struct Mirror {
@@ -166,8 +200,11 @@ impl Mirror {
             .map_or_else(|| "-".to_owned(), ToString::to_string);
         let started = Instant::now();
         let mut providers = Providers::new(Arc::clone(&self.lookup), key.clone(), &self.config);
-        let first = providers.next(&self.health).await;
+        let mut first = providers.next(&self.health).await;
         self.metrics.observe_resolve(started.elapsed());
+        if first.is_none() && self.herds(target, method) {
+            first = self.follow_herd(&mut providers).await;
+        }
         let Some(first) = first else {
             self.metrics.mirror_request(&registry, false);
             return Err(miss);
@@ -261,6 +298,47 @@ impl Mirror {
             }
         }
         None
+    }
+
+    /// Whether a miss joins a herd: a blob's body, which is worth waiting
+    /// for; manifests and HEADs are small, and cost the upstream little.
+    /// Only where downloads in progress are shared (`marking`): a leader
+    /// that shares nothing until its download is whole would only make
+    /// its followers wait. Nodes of one DaemonSet share the setting.
+    fn herds(&self, target: &Target, method: &Method) -> bool {
+        !self.config.herd_wait.is_zero()
+            && self.peer_fed.is_some()
+            && *method == Method::GET
+            && matches!(target.kind, Kind::Blob(_))
+    }
+
+    /// The first provider once the herd's leader advertises its download;
+    /// `None` when this node leads, or the leader was not seen in time.
+    async fn follow_herd(&self, providers: &mut Providers) -> Option<SocketAddr> {
+        let waited = Instant::now();
+        if self.lookup.join_herd(&providers.key).await == Herd::Leads {
+            self.metrics.herd(HerdOutcome::Led);
+            return None;
+        }
+        let until = waited + self.config.herd_wait;
+        let found = self
+            .lookup
+            .wait_for_providers(&providers.key, providers.attempts, until)
+            .await;
+        if found.is_empty() {
+            self.metrics.herd(HerdOutcome::WaitedOut);
+            tracing::info!(
+                key = %providers.key,
+                waited = ?waited.elapsed(),
+                "the node chosen to fetch this blob advertised no download in time; the upstream \
+                 is asked instead"
+            );
+            return None;
+        }
+        self.metrics.herd(HerdOutcome::Followed);
+        tracing::debug!(key = %providers.key, waited = ?waited.elapsed(), "following the herd's leader");
+        providers.found(found, &self.health);
+        providers.next(&self.health).await
     }
 
     /// Marks a peer suspect, with a warning the first time.
@@ -405,6 +483,14 @@ impl Providers {
             }
         }
         None
+    }
+
+    /// Providers found by a lookup of the caller's, counted as the narrow
+    /// one.
+    fn found(&mut self, mut found: Vec<SocketAddr>, health: &PeerHealth) {
+        health.order(&mut found);
+        self.found = found.into();
+        self.lookups = self.lookups.max(1);
     }
 
     /// The wide lookup, ahead of its turn; false when it finds no one
@@ -658,6 +744,7 @@ mod tests {
             max_peer_requests: 8,
             auth: None,
             verify: true,
+            herd_wait: Duration::ZERO,
         };
         let providers = Providers::new(lookup.clone(), "sha256:k".to_owned(), &config);
         (lookup, providers)

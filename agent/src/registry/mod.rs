@@ -14,7 +14,7 @@ pub mod target;
 
 pub use error::RegistryError;
 pub use limits::{LimitHits, ServerLimits};
-pub use mirror::{FORWARDED_HEADER, Mirror, MirrorConfig, ProviderLookup};
+pub use mirror::{FORWARDED_HEADER, Herd, Mirror, MirrorConfig, ProviderLookup};
 pub use server::SendFile;
 
 use std::sync::Arc;

@@ -850,6 +850,18 @@ mod peers {
         own: Option<BasicAuth>,
         to_peers: Option<BasicAuth>,
     ) -> (Router, tempfile::TempDir) {
+        let lookup = Arc::new(FixedProviders(providers));
+        node_over(lookup, metrics, own, to_peers, Duration::ZERO).await
+    }
+
+    /// A node with nothing in its store, mirroring through `lookup`.
+    async fn node_over(
+        lookup: Arc<dyn ProviderLookup>,
+        metrics: Arc<Metrics>,
+        own: Option<BasicAuth>,
+        to_peers: Option<BasicAuth>,
+        herd_wait: Duration,
+    ) -> (Router, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("oci-layout"),
@@ -863,7 +875,7 @@ mod peers {
         .unwrap();
         let store = OciLayoutStore::open(dir.path()).await.unwrap();
         let mirror = Mirror::new(
-            Arc::new(FixedProviders(providers)),
+            lookup,
             MirrorConfig {
                 resolve_timeout: Duration::from_millis(20),
                 retries: 3,
@@ -871,10 +883,12 @@ mod peers {
                 max_peer_requests: 64,
                 auth: to_peers,
                 verify: true,
+                herd_wait,
             },
             Arc::clone(&metrics),
             Arc::new(LimitHits::new(Arc::clone(&metrics))),
-        );
+        )
+        .marking(Arc::new(crate::store::PeerFed::default()));
         let app = router(Arc::new(AppState {
             store: Arc::new(store),
             filter: Filter::default(),
@@ -883,6 +897,185 @@ mod peers {
             auth: own,
         }));
         (app, dir)
+    }
+
+    /// A test double for the router in a herd: nobody provides the key at
+    /// first, this node is told `role`, and the leader's download is
+    /// advertised (`leader`) after `appears`, or never (`None`).
+    struct HerdDouble {
+        role: Herd,
+        leader: Option<SocketAddr>,
+        appears: Duration,
+        joined: std::sync::Mutex<Vec<String>>,
+        waited_until: std::sync::Mutex<Option<std::time::Instant>>,
+    }
+
+    impl HerdDouble {
+        fn new(role: Herd, leader: Option<SocketAddr>, appears: Duration) -> Arc<Self> {
+            Arc::new(HerdDouble {
+                role,
+                leader,
+                appears,
+                joined: Default::default(),
+                waited_until: Default::default(),
+            })
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ProviderLookup for HerdDouble {
+        async fn providers(&self, _: &str, _: usize, _: Duration) -> Vec<SocketAddr> {
+            Vec::new()
+        }
+
+        async fn join_herd(&self, key: &str) -> Herd {
+            self.joined.lock().unwrap().push(key.to_owned());
+            self.role
+        }
+
+        async fn wait_for_providers(
+            &self,
+            _: &str,
+            _: usize,
+            until: std::time::Instant,
+        ) -> Vec<SocketAddr> {
+            *self.waited_until.lock().unwrap() = Some(until);
+            match self.leader {
+                Some(leader) if std::time::Instant::now() + self.appears < until => {
+                    tokio::time::sleep(self.appears).await;
+                    vec![leader]
+                }
+                _ => {
+                    tokio::time::sleep_until(until.into()).await;
+                    Vec::new()
+                }
+            }
+        }
+    }
+
+    fn herd_count(metrics: &Metrics, outcome: &str) -> u64 {
+        let line = format!("reflektor_herd_misses_total{{outcome=\"{outcome}\"}} ");
+        metrics
+            .encode()
+            .lines()
+            .find_map(|l| l.strip_prefix(&line)?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// A follower waits for the leader's download and streams the blob
+    /// from it whole; a HEAD and a manifest never join a herd.
+    #[tokio::test]
+    async fn a_follower_streams_the_blob_once_its_leader_advertises_it() {
+        let stop = CancellationToken::new();
+        let a = fixture(Filter::default()).await;
+        let a_addr = serve(a.app.clone(), Arc::new(Metrics::new()), &stop).await;
+        let lookup = HerdDouble::new(Herd::Follows, Some(a_addr), Duration::from_millis(200));
+        let metrics = Arc::new(Metrics::new());
+        let (b, _dir) = node_over(
+            lookup.clone(),
+            Arc::clone(&metrics),
+            None,
+            None,
+            Duration::from_secs(3),
+        )
+        .await;
+        let (digest, size) = a.expected.blobs[0].clone();
+        let uri = format!("/v2/team/app/blobs/{digest}");
+
+        let started = std::time::Instant::now();
+        let answer = call(&b, Method::GET, &uri, None).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body.len() as u64, size);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert_eq!(*lookup.joined.lock().unwrap(), vec![digest.to_string()]);
+        assert_eq!(herd_count(&metrics, "followed"), 1);
+
+        assert_eq!(
+            call(&b, Method::HEAD, &uri, None).await.status,
+            StatusCode::NOT_FOUND
+        );
+        let manifest = format!("/v2/team/app/manifests/{}", a.expected.root);
+        assert_eq!(
+            call(&b, Method::GET, &manifest, None).await.status,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            lookup.joined.lock().unwrap().len(),
+            1,
+            "only the blob's GET joined"
+        );
+        stop.cancel();
+    }
+
+    /// A leader answers 404 at once, so its containerd goes to the
+    /// upstream; a follower whose leader never advertises gives up at the
+    /// herd wait, and answers 404 too.
+    #[tokio::test]
+    async fn a_leader_goes_upstream_and_a_follower_waits_no_longer_than_the_bound() {
+        let digest = crate::oci::Digest::sha256_of(b"nobody has this");
+        let uri = format!("/v2/team/app/blobs/{digest}");
+
+        let lookup = HerdDouble::new(Herd::Leads, None, Duration::ZERO);
+        let metrics = Arc::new(Metrics::new());
+        let (leader, _dir) = node_over(
+            lookup,
+            Arc::clone(&metrics),
+            None,
+            None,
+            Duration::from_secs(3),
+        )
+        .await;
+        let started = std::time::Instant::now();
+        assert_eq!(
+            call(&leader, Method::GET, &uri, None).await.status,
+            StatusCode::NOT_FOUND
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(herd_count(&metrics, "led"), 1);
+
+        let wait = Duration::from_millis(400);
+        let lookup = HerdDouble::new(Herd::Follows, None, Duration::ZERO);
+        let metrics = Arc::new(Metrics::new());
+        let (follower, _dir) =
+            node_over(lookup.clone(), Arc::clone(&metrics), None, None, wait).await;
+        let started = std::time::Instant::now();
+        assert_eq!(
+            call(&follower, Method::GET, &uri, None).await.status,
+            StatusCode::NOT_FOUND
+        );
+        let took = started.elapsed();
+        assert!(
+            took >= wait && took < wait + Duration::from_secs(1),
+            "{took:?}"
+        );
+        let until = lookup
+            .waited_until
+            .lock()
+            .unwrap()
+            .expect("the follower waited");
+        assert!(until <= started + wait + Duration::from_millis(50));
+        assert_eq!(herd_count(&metrics, "waited_out"), 1);
+    }
+
+    /// With --mirror-herd-wait=0s a miss never waits for other nodes.
+    #[tokio::test]
+    async fn a_zero_herd_wait_never_joins_a_herd() {
+        let digest = crate::oci::Digest::sha256_of(b"nobody has this");
+        let lookup = HerdDouble::new(Herd::Follows, None, Duration::ZERO);
+        let (node, _dir) = node_over(
+            lookup.clone(),
+            Arc::new(Metrics::new()),
+            None,
+            None,
+            Duration::ZERO,
+        )
+        .await;
+        let uri = format!("/v2/team/app/blobs/{digest}");
+        assert_eq!(
+            call(&node, Method::GET, &uri, None).await.status,
+            StatusCode::NOT_FOUND
+        );
+        assert!(lookup.joined.lock().unwrap().is_empty());
     }
 
     /// A peer that dies mid-body: the head promises all of `blob`, the

@@ -30,6 +30,7 @@ use libp2p::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::MissedTickBehavior;
 
+use super::herd;
 use super::lookup::{Cache, Lookup};
 use super::peers::{PeerRegistry, Peers, agent_version, announced};
 use super::republish::{Provided, SLICES};
@@ -85,7 +86,16 @@ pub enum Command {
         key: RecordKey,
         limit: usize,
         deadline: Instant,
+        /// Whether a remembered result may answer: not when waiting for a
+        /// provider to appear.
+        cached: bool,
         reply: oneshot::Sender<Vec<Provider>>,
+    },
+    /// Advertises a want record at once, ahead of the queue, and replies
+    /// when the announcement has gone out.
+    Want {
+        key: RecordKey,
+        reply: oneshot::Sender<()>,
     },
     Stats(oneshot::Sender<RouterStats>),
     Shutdown(oneshot::Sender<()>),
@@ -111,6 +121,10 @@ pub struct EventLoop {
     cache: Cache,
     dials: HashMap<ConnectionId, (Multiaddr, oneshot::Sender<Result<PeerId, RoutingError>>)>,
     bootstraps: HashMap<QueryId, oneshot::Sender<Result<(), RoutingError>>>,
+    /// Want announcements under way, and who waits for each.
+    wanting: HashMap<QueryId, oneshot::Sender<()>>,
+    /// Our want records, oldest first, with when each is dropped.
+    wants: VecDeque<(Instant, RecordKey)>,
     stats: RouterStats,
 }
 
@@ -143,6 +157,8 @@ impl EventLoop {
             cache: Cache::new(config.lookup_cache_ttl),
             dials: HashMap::new(),
             bootstraps: HashMap::new(),
+            wanting: HashMap::new(),
+            wants: VecDeque::new(),
             stats: RouterStats::default(),
         })
     }
@@ -231,8 +247,10 @@ impl EventLoop {
                 key,
                 limit,
                 deadline,
+                cached,
                 reply,
-            } => self.find_providers(key, limit, deadline, reply),
+            } => self.find_providers(key, limit, deadline, cached, reply),
+            Command::Want { key, reply } => self.want(key, reply),
             Command::Stats(reply) => {
                 let _ = reply.send(self.stats());
             }
@@ -365,14 +383,51 @@ impl EventLoop {
         }
     }
 
+    /// Our want records are kept apart from the advertised set, so that a
+    /// sync never withdraws one, and dropped after their lifetime.
+    fn want(&mut self, key: RecordKey, reply: oneshot::Sender<()>) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        match kad.start_providing(key.clone()) {
+            Ok(query) => {
+                self.wanting.insert(query, reply);
+                self.wants
+                    .push_back((Instant::now() + herd::WANT_LIFETIME, key));
+            }
+            // The store is full of our own keys: the want goes unannounced,
+            // and the others may pick a leader without this node.
+            Err(error) => {
+                tracing::debug!(%error, "cannot advertise a want");
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    fn drop_expired_wants(&mut self, now: Instant) {
+        while let Some((expires, _)) = self.wants.front()
+            && *expires <= now
+        {
+            let Some((_, key)) = self.wants.pop_front() else {
+                break;
+            };
+            if !self.wants.iter().any(|(_, k)| *k == key) {
+                self.swarm.behaviour_mut().kad.stop_providing(&key);
+            }
+        }
+    }
+
     fn find_providers(
         &mut self,
         key: RecordKey,
         limit: usize,
         deadline: Instant,
+        cached: bool,
         reply: oneshot::Sender<Vec<Provider>>,
     ) {
-        if let Some(providers) = self.cache.get(&key, limit, Instant::now()) {
+        if let Some(providers) = self
+            .cache
+            .get(&key, limit, Instant::now())
+            .filter(|_| cached)
+        {
             self.stats.lookups_cached += 1;
             let _ = reply.send(providers);
             return;
@@ -442,15 +497,19 @@ impl EventLoop {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
+        let want = self.wants.front().map(|(expires, _)| *expires);
         self.lookups
             .values()
             .filter_map(Lookup::next_deadline)
+            .chain(want)
             .min()
     }
 
-    /// Answers the callers whose deadline has come.
+    /// Answers the callers whose deadline has come, and drops the want
+    /// records whose time is up.
     fn answer_due(&mut self) {
         let now = Instant::now();
+        self.drop_expired_wants(now);
         let due: Vec<RecordKey> = self
             .lookups
             .iter()
@@ -598,6 +657,10 @@ impl EventLoop {
     }
 
     fn on_announced(&mut self, query: QueryId, result: kad::AddProviderResult) {
+        if let Some(reply) = self.wanting.remove(&query) {
+            let _ = reply.send(());
+            return;
+        }
         if !self.announcing.remove(&query) {
             return;
         }

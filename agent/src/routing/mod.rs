@@ -21,6 +21,7 @@
 
 mod error;
 mod event_loop;
+mod herd;
 mod identity;
 mod lookup;
 mod peers;
@@ -30,6 +31,7 @@ mod store;
 mod tests;
 
 pub use error::RoutingError;
+pub use herd::HerdRole;
 pub use identity::read_psk;
 pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::{Multiaddr, PeerId};
@@ -37,7 +39,7 @@ pub use store::StoreLimits;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use libp2p::kad::RecordKey;
 use libp2p::multihash::Multihash;
@@ -261,15 +263,67 @@ impl Router {
         limit: usize,
         timeout: Duration,
     ) -> Result<Vec<Provider>, RoutingError> {
+        self.lookup(record_key(key), limit, Instant::now() + timeout, true)
+            .await
+    }
+
+    /// The providers of `key` as soon as there is one, looking again until
+    /// `until`: a node that follows a herd's leader waits here for the
+    /// leader's download to be advertised. Empty when none appeared.
+    pub async fn wait_for_providers(
+        &self,
+        key: &str,
+        limit: usize,
+        until: Instant,
+    ) -> Result<Vec<Provider>, RoutingError> {
         let key = record_key(key);
-        let deadline = Instant::now() + timeout;
-        self.request(|reply| Command::FindProviders {
-            key,
-            limit,
-            deadline,
-            reply,
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return Ok(Vec::new());
+            }
+            let found = self.lookup(key.clone(), limit, until, false).await?;
+            if !found.is_empty() {
+                return Ok(found);
+            }
+            // The lookup ended without a provider; the next asks afresh.
+            tokio::time::sleep_until(until.min(Instant::now() + herd::LOOK_AGAIN).into()).await;
+        }
+    }
+
+    /// Joins the nodes that want `key` now, none of which provides it, and
+    /// tells whether this one is to fetch it (module `herd`). Takes
+    /// [`herd::SETTLE`] and a lookup.
+    pub async fn join_herd(&self, key: &str) -> Result<HerdRole, RoutingError> {
+        let started = Instant::now();
+        let since_epoch = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let keys = herd::want_keys(key, since_epoch);
+        let announced = futures::future::join_all(keys.announce.iter().map(|want| {
+            self.request(|reply| Command::Want {
+                key: record_key(want),
+                reply,
+            })
+        }));
+        // An announcement slower than the settle time goes on regardless;
+        // the wanters it had not reached may pick another leader.
+        let _ = tokio::time::timeout(herd::SETTLE, announced).await;
+        tokio::time::sleep_until((started + herd::SETTLE).into()).await;
+        let deadline = Instant::now() + herd::SETTLE;
+        let wanters = self
+            .lookup(record_key(&keys.lookup), 0, deadline, false)
+            .await?;
+        let others: Vec<PeerId> = wanters.iter().map(|p| p.peer_id).collect();
+        let leader = herd::leader(key, self.peer_id, &others);
+        Ok(if leader == self.peer_id {
+            HerdRole::Leads
+        } else {
+            HerdRole::Follows {
+                leader,
+                wanters: others.len() + 1,
+            }
         })
-        .await
     }
 
     pub async fn stats(&self) -> Result<RouterStats, RoutingError> {
@@ -281,6 +335,23 @@ impl Router {
     pub async fn shutdown(self) {
         // An error means it has stopped already.
         let _ = self.request(Command::Shutdown).await;
+    }
+
+    async fn lookup(
+        &self,
+        key: RecordKey,
+        limit: usize,
+        deadline: Instant,
+        cached: bool,
+    ) -> Result<Vec<Provider>, RoutingError> {
+        self.request(|reply| Command::FindProviders {
+            key,
+            limit,
+            deadline,
+            cached,
+            reply,
+        })
+        .await
     }
 
     async fn request<T>(

@@ -478,3 +478,73 @@ async fn start_refuses_what_cannot_work() {
         Err(RoutingError::Listen { .. })
     ));
 }
+
+/// Five nodes miss one blob at the same moment. Exactly one of them leads
+/// and every other names it; a follower waiting for the leader's download
+/// finds the leader once it advertises the blob, and a wait for a blob
+/// nobody advertises ends empty at its bound.
+#[tokio::test]
+async fn nodes_that_miss_a_blob_together_agree_on_one_leader() {
+    let mut nodes = Vec::new();
+    for ip in 60..65 {
+        nodes.push(Node::start(ip, |_| {}).await);
+    }
+    join(&nodes.iter().collect::<Vec<_>>()).await;
+
+    let roles = futures::future::join_all(nodes.iter().map(|n| n.router.join_herd(DIGEST))).await;
+    let roles: Vec<HerdRole> = roles.into_iter().map(|r| r.expect("router runs")).collect();
+    let leaders: Vec<usize> = (0..nodes.len())
+        .filter(|i| roles[*i] == HerdRole::Leads)
+        .collect();
+    assert_eq!(leaders.len(), 1, "{roles:?}");
+    let leader = leaders[0];
+    for (i, role) in roles.iter().enumerate().filter(|(i, _)| *i != leader) {
+        assert_eq!(
+            *role,
+            HerdRole::Follows {
+                leader: nodes[leader].router.peer_id(),
+                wanters: nodes.len()
+            },
+            "node {i}"
+        );
+    }
+
+    let follower = &nodes[(leader + 1) % nodes.len()];
+    let started = Instant::now();
+    let (found, ()) = tokio::join!(
+        follower
+            .router
+            .wait_for_providers(DIGEST, 1, started + Duration::from_secs(5)),
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            nodes[leader]
+                .router
+                .sync(vec![DIGEST.into()])
+                .await
+                .expect("advertised");
+        }
+    );
+    let ip = 60 + u8::try_from(leader).unwrap();
+    assert_eq!(
+        found.expect("router runs"),
+        vec![nodes[leader].provider(ip)]
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    let started = Instant::now();
+    let none = follower
+        .router
+        .wait_for_providers(
+            "sha256:nobody-has-this",
+            1,
+            started + Duration::from_millis(400),
+        )
+        .await
+        .expect("router runs");
+    assert_eq!(none, vec![]);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+}
