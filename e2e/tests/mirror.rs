@@ -11,8 +11,8 @@ use anyhow::{Context, Result, ensure};
 use hyper::Method;
 use reflektor::oci::Digest;
 use reflektor::runtime::Containerd;
-use reflektor::store::ContainerdStore;
 use reflektor::store::conformance::{self, Expected};
+use reflektor::store::{ByteRange, ContainerdStore, ContentStore};
 use reflektor_e2e::agent::{Agent, Backend, Reflektor};
 use reflektor_e2e::cri::{Cri, K8sNamespace};
 use reflektor_e2e::debian::Suite;
@@ -306,6 +306,40 @@ async fn hostile_input_is_refused(agent: &Agent) -> Result<()> {
     Ok(())
 }
 
+/// containerd moves a finished download into `blobs/` before its metadata
+/// records the blob: in that moment the blob is neither in the content
+/// service nor in `ingest/`, and a peer that asks for it as a download in
+/// progress must still get it, or it would fetch it from the upstream
+/// again. A blob file containerd does not know of stands in for that
+/// moment.
+async fn committed_downloads_are_served_before_containerd_records_them(
+    store: &ContainerdStore,
+    node: &ContainerdNode,
+) -> Result<()> {
+    let bytes = b"a download containerd has just committed".to_vec();
+    let digest = Digest::sha256_of(&bytes);
+    let path = node.content_dir().join("blobs/sha256").join(digest.hex());
+    std::fs::write(&path, &bytes)?;
+    let checked = async {
+        ensure!(
+            store.blob_size(&digest).await.is_err(),
+            "containerd does not know the blob yet"
+        );
+        let size = store.in_flight_size(&digest).await?;
+        ensure!(size == bytes.len() as u64, "size {size}");
+        let whole = ByteRange {
+            start: 0,
+            len: size,
+        };
+        let served = conformance::bytes(store.in_flight_blob(&digest, whole).await?).await;
+        ensure!(served == bytes, "served {} bytes that differ", served.len());
+        Ok(())
+    }
+    .await;
+    std::fs::remove_file(&path)?;
+    checked
+}
+
 async fn mirror(suite: Suite) -> Result<()> {
     if !support::root_or_skip(&format!("{suite} mirror")) {
         return Ok(());
@@ -321,6 +355,7 @@ async fn mirror(suite: Suite) -> Result<()> {
     for pushed in [&images.app, &images.multi] {
         conformance::run(&format!("containerd {suite}"), &store, &expected(pushed)?).await;
     }
+    committed_downloads_are_served_before_containerd_records_them(&store, &node).await?;
     // Without the content directory, bytes come through containerd's API.
     let no_dir = ContainerdStore::new(containerd, namespace, std::path::Path::new("/nonexistent"));
     conformance::run(

@@ -17,7 +17,7 @@ use crate::bootstrap::{
 };
 use crate::cli::{BootstrapKind, PeerArgs};
 use crate::registry::{Herd, ProviderLookup, Readiness};
-use crate::routing::{HerdRole, Multiaddr, Router, RouterConfig, read_psk};
+use crate::routing::{Multiaddr, Router, RouterConfig, read_psk};
 use crate::state::{AdvertiseError, Advertised, Advertiser};
 
 /// The router, and what `/readyz` waits for on its side.
@@ -166,14 +166,21 @@ impl ProviderLookup for Router {
 
     async fn join_herd(&self, key: &str) -> Herd {
         match Router::join_herd(self, key).await {
-            Ok(HerdRole::Leads) => Herd::Leads,
-            Ok(HerdRole::Follows { leader, wanters }) => {
-                tracing::debug!(key, %leader, wanters, "another node fetches this blob");
-                Herd::Follows
+            Ok(herd) => {
+                tracing::debug!(
+                    key,
+                    leader = ?herd.leader.map(|l| l.peer_id),
+                    others = herd.others.len(),
+                    "joined the nodes that miss a blob"
+                );
+                Herd {
+                    leader: herd.leader.map(|l| l.registry),
+                    others: herd.others.iter().map(|p| p.registry).collect(),
+                }
             }
             Err(error) => {
                 tracing::warn!(%error, key, "cannot find the other nodes that want a blob");
-                Herd::Leads
+                Herd::default()
             }
         }
     }

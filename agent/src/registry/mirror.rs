@@ -59,15 +59,23 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 const HEDGE_AFTER: Duration = Duration::from_millis(300);
 /// How long a body may stall before the peer counts as failed.
 const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the wanters of a blob are given to say whether one serves it
+/// already: a peer answers a HEAD from its store in milliseconds.
+const FIRST_PROBE: Duration = Duration::from_millis(250);
+/// How often a follower asks its herd's leader whether the download has
+/// begun: a HEAD costs the leader a stat of its ingest.
+const LEADER_PROBE_AGAIN: Duration = Duration::from_millis(50);
 
-/// What this node does about a blob nobody provides, when other nodes
-/// may be missing it too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Herd {
-    /// Fetch it from the upstream: this node was chosen, or is alone.
-    Leads,
-    /// Wait for the chosen node's download.
-    Follows,
+/// The nodes that miss a blob nobody provides, as this one sees them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Herd {
+    /// The registry of the node chosen to fetch it from the upstream, which
+    /// serves its download from the first byte; `None`: this node, which
+    /// may be alone.
+    pub leader: Option<SocketAddr>,
+    /// The registries of the other nodes that miss it, the leader among
+    /// them.
+    pub others: Vec<SocketAddr>,
 }
 
 /// The router, as the mirror sees it: who provides a key.
@@ -78,9 +86,9 @@ pub trait ProviderLookup: Send + Sync {
     async fn providers(&self, key: &str, limit: usize, timeout: Duration) -> Vec<SocketAddr>;
 
     /// Tells the nodes that miss `key` now that this one does too, and
-    /// whether this one is to fetch it. A lookup that cannot tell leads.
+    /// who is to fetch it. A lookup that cannot tell leads, alone.
     async fn join_herd(&self, _key: &str) -> Herd {
-        Herd::Leads
+        Herd::default()
     }
 
     /// Registry addresses of up to `limit` providers of `key` as soon as
@@ -200,15 +208,6 @@ impl Mirror {
             .map_or_else(|| "-".to_owned(), ToString::to_string);
         let started = Instant::now();
         let mut providers = Providers::new(Arc::clone(&self.lookup), key.clone(), &self.config);
-        let mut first = providers.next(&self.health).await;
-        self.metrics.observe_resolve(started.elapsed());
-        if first.is_none() && self.herds(target, method) {
-            first = self.follow_herd(&mut providers).await;
-        }
-        let Some(first) = first else {
-            self.metrics.mirror_request(&registry, false);
-            return Err(miss);
-        };
         let path = peer_path(target);
         let request = |peer| PeerRequest {
             peer,
@@ -217,6 +216,21 @@ impl Mirror {
             range: headers.get(header::RANGE).cloned(),
             accept: headers.get(header::ACCEPT).cloned(),
             authorization: self.authorization.clone(),
+        };
+        let mut first = providers.next(&self.health).await;
+        self.metrics.observe_resolve(started.elapsed());
+        if first.is_none() && self.herds(target, method) {
+            first = self
+                .follow_herd(&mut providers, |leader| PeerRequest {
+                    method: Method::HEAD,
+                    range: None,
+                    ..request(leader)
+                })
+                .await;
+        }
+        let Some(first) = first else {
+            self.metrics.mirror_request(&registry, false);
+            return Err(miss);
         };
         match self.race(request(first), &mut providers, request).await {
             Some((request, response)) => {
@@ -312,26 +326,69 @@ impl Mirror {
             && matches!(target.kind, Kind::Blob(_))
     }
 
-    /// The first provider once the herd's leader advertises its download;
-    /// `None` when this node leads, or the leader was not seen in time.
-    async fn follow_herd(&self, providers: &mut Providers) -> Option<SocketAddr> {
+    /// The first provider of the blob once the herd's leader has begun
+    /// its download; `None` when this node leads, or nobody had it in
+    /// time. The leader is asked directly (`probe`, a HEAD) as well as
+    /// looked for in the DHT: its download is advertised only once the
+    /// store's poll finds it, and a blob small enough to be whole before
+    /// that (an image config) only once its image is recorded, after the
+    /// last layer, which would leave every follower waiting out the bound.
+    /// Every other wanter is asked once first: one that came earlier may
+    /// have begun as a leader of fewer wanters (module `routing::herd`).
+    async fn follow_herd(
+        &self,
+        providers: &mut Providers,
+        probe: impl Fn(SocketAddr) -> PeerRequest,
+    ) -> Option<SocketAddr> {
         let waited = Instant::now();
-        if self.lookup.join_herd(&providers.key).await == Herd::Leads {
+        let herd = self.lookup.join_herd(&providers.key).await;
+        if let Some(serving) = self.first_serving(&herd.others, &probe).await {
+            self.metrics.herd(HerdOutcome::Followed);
+            tracing::debug!(key = %providers.key, %serving, "following a node that began first");
+            providers.found(vec![serving], &self.health);
+            return providers.next(&self.health).await;
+        }
+        let Some(leader) = herd.leader else {
             self.metrics.herd(HerdOutcome::Led);
             return None;
-        }
+        };
         let until = waited + self.config.herd_wait;
-        let found = self
-            .lookup
-            .wait_for_providers(&providers.key, providers.attempts, until)
-            .await;
+        let advertised = async {
+            let found = self
+                .lookup
+                .wait_for_providers(&providers.key, providers.attempts, until)
+                .await;
+            if found.is_empty() {
+                // A lookup that failed at once must not end the probing.
+                std::future::pending::<()>().await;
+            }
+            found
+        };
+        let from_leader = async {
+            let probe = probe(leader);
+            loop {
+                match probe.send(&self.client).await {
+                    Ok(response) if response.status().is_success() => return vec![leader],
+                    _ => tokio::time::sleep(LEADER_PROBE_AGAIN).await,
+                }
+            }
+        };
+        let found = tokio::time::timeout_at(until.into(), async {
+            tokio::select! {
+                found = advertised => found,
+                found = from_leader => found,
+            }
+        })
+        .await
+        .unwrap_or_default();
         if found.is_empty() {
             self.metrics.herd(HerdOutcome::WaitedOut);
             tracing::info!(
                 key = %providers.key,
+                %leader,
                 waited = ?waited.elapsed(),
-                "the node chosen to fetch this blob advertised no download in time; the upstream \
-                 is asked instead"
+                "the node chosen to fetch this blob had not begun its download in time; the \
+                 upstream is asked instead"
             );
             return None;
         }
@@ -339,6 +396,30 @@ impl Mirror {
         tracing::debug!(key = %providers.key, waited = ?waited.elapsed(), "following the herd's leader");
         providers.found(found, &self.health);
         providers.next(&self.health).await
+    }
+
+    /// The first of `wanters` to answer `probe` with success within
+    /// [`FIRST_PROBE`]: one serving the blob already.
+    async fn first_serving(
+        &self,
+        wanters: &[SocketAddr],
+        probe: &impl Fn(SocketAddr) -> PeerRequest,
+    ) -> Option<SocketAddr> {
+        let mut asked: FuturesUnordered<_> = wanters
+            .iter()
+            .map(|peer| probe(*peer).sent(&self.client))
+            .collect();
+        tokio::time::timeout(FIRST_PROBE, async {
+            while let Some((request, result)) = asked.next().await {
+                if result.is_ok_and(|response| response.status().is_success()) {
+                    return Some(request.peer);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     /// Marks a peer suspect, with a warning the first time.

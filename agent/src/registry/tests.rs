@@ -900,8 +900,8 @@ mod peers {
     }
 
     /// A test double for the router in a herd: nobody provides the key at
-    /// first, this node is told `role`, and the leader's download is
-    /// advertised (`leader`) after `appears`, or never (`None`).
+    /// first, this node is told `role`, and a provider (`leader`) is
+    /// advertised after `appears`, or never (`None`).
     struct HerdDouble {
         role: Herd,
         leader: Option<SocketAddr>,
@@ -930,7 +930,7 @@ mod peers {
 
         async fn join_herd(&self, key: &str) -> Herd {
             self.joined.lock().unwrap().push(key.to_owned());
-            self.role
+            self.role.clone()
         }
 
         async fn wait_for_providers(
@@ -962,23 +962,40 @@ mod peers {
             .unwrap_or(0)
     }
 
-    /// A follower waits for the leader's download and streams the blob
-    /// from it whole; a HEAD and a manifest never join a herd.
+    /// An address nobody listens on: a leader that has gone.
+    async fn gone() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    }
+
+    /// A herd of two: this node and its leader at `leader`.
+    fn follows(leader: SocketAddr) -> Herd {
+        Herd {
+            leader: Some(leader),
+            others: vec![leader],
+        }
+    }
+
+    /// A follower asks its leader directly, and streams the blob from it
+    /// whole before the DHT says a word; a HEAD and a manifest never join
+    /// a herd.
     #[tokio::test]
-    async fn a_follower_streams_the_blob_once_its_leader_advertises_it() {
+    async fn a_follower_streams_the_blob_from_its_leader_before_it_is_advertised() {
         let stop = CancellationToken::new();
         let a = fixture(Filter::default()).await;
         let a_addr = serve(a.app.clone(), Arc::new(Metrics::new()), &stop).await;
-        let lookup = HerdDouble::new(Herd::Follows, Some(a_addr), Duration::from_millis(200));
+        let lookup = HerdDouble::new(
+            Herd {
+                leader: Some(a_addr),
+                others: vec![a_addr],
+            },
+            None,
+            Duration::ZERO,
+        );
         let metrics = Arc::new(Metrics::new());
-        let (b, _dir) = node_over(
-            lookup.clone(),
-            Arc::clone(&metrics),
-            None,
-            None,
-            Duration::from_secs(3),
-        )
-        .await;
+        let herd_wait = Duration::from_secs(3);
+        let (b, _dir) =
+            node_over(lookup.clone(), Arc::clone(&metrics), None, None, herd_wait).await;
         let (digest, size) = a.expected.blobs[0].clone();
         let uri = format!("/v2/team/app/blobs/{digest}");
 
@@ -986,7 +1003,7 @@ mod peers {
         let answer = call(&b, Method::GET, &uri, None).await;
         assert_eq!(answer.status, StatusCode::OK);
         assert_eq!(answer.body.len() as u64, size);
-        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert!(started.elapsed() < herd_wait, "{:?}", started.elapsed());
         assert_eq!(*lookup.joined.lock().unwrap(), vec![digest.to_string()]);
         assert_eq!(herd_count(&metrics, "followed"), 1);
 
@@ -1007,15 +1024,58 @@ mod peers {
         stop.cancel();
     }
 
+    /// A follower whose leader is gone still takes a provider the DHT
+    /// finds while it waits.
+    #[tokio::test]
+    async fn a_follower_whose_leader_is_gone_takes_a_provider_that_appears() {
+        let stop = CancellationToken::new();
+        let a = fixture(Filter::default()).await;
+        let a_addr = serve(a.app.clone(), Arc::new(Metrics::new()), &stop).await;
+        let leader = gone().await;
+        let lookup = HerdDouble::new(
+            Herd {
+                leader: Some(leader),
+                others: vec![leader],
+            },
+            Some(a_addr),
+            Duration::from_millis(200),
+        );
+        let metrics = Arc::new(Metrics::new());
+        let (b, _dir) = node_over(
+            lookup,
+            Arc::clone(&metrics),
+            None,
+            None,
+            Duration::from_secs(3),
+        )
+        .await;
+        let (digest, size) = a.expected.blobs[0].clone();
+
+        let started = std::time::Instant::now();
+        let answer = call(
+            &b,
+            Method::GET,
+            &format!("/v2/team/app/blobs/{digest}"),
+            None,
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body.len() as u64, size);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert_eq!(herd_count(&metrics, "followed"), 1);
+        stop.cancel();
+    }
+
     /// A leader answers 404 at once, so its containerd goes to the
-    /// upstream; a follower whose leader never advertises gives up at the
-    /// herd wait, and answers 404 too.
+    /// upstream; a follower whose leader never serves the blob, and which
+    /// no provider appears for, gives up at the herd wait and answers 404
+    /// too.
     #[tokio::test]
     async fn a_leader_goes_upstream_and_a_follower_waits_no_longer_than_the_bound() {
         let digest = crate::oci::Digest::sha256_of(b"nobody has this");
         let uri = format!("/v2/team/app/blobs/{digest}");
 
-        let lookup = HerdDouble::new(Herd::Leads, None, Duration::ZERO);
+        let lookup = HerdDouble::new(Herd::default(), None, Duration::ZERO);
         let metrics = Arc::new(Metrics::new());
         let (leader, _dir) = node_over(
             lookup,
@@ -1034,7 +1094,8 @@ mod peers {
         assert_eq!(herd_count(&metrics, "led"), 1);
 
         let wait = Duration::from_millis(400);
-        let lookup = HerdDouble::new(Herd::Follows, None, Duration::ZERO);
+        let leader = gone().await;
+        let lookup = HerdDouble::new(follows(leader), None, Duration::ZERO);
         let metrics = Arc::new(Metrics::new());
         let (follower, _dir) =
             node_over(lookup.clone(), Arc::clone(&metrics), None, None, wait).await;
@@ -1057,11 +1118,48 @@ mod peers {
         assert_eq!(herd_count(&metrics, "waited_out"), 1);
     }
 
+    /// A node the XOR metric picks, that came after another wanter had
+    /// begun as the leader of fewer nodes, follows that one instead of
+    /// fetching the blob a second time.
+    #[tokio::test]
+    async fn a_wanter_that_began_first_is_followed_whoever_would_lead() {
+        let stop = CancellationToken::new();
+        let a = fixture(Filter::default()).await;
+        let a_addr = serve(a.app.clone(), Arc::new(Metrics::new()), &stop).await;
+        let herd = Herd {
+            leader: None,
+            others: vec![gone().await, a_addr],
+        };
+        let metrics = Arc::new(Metrics::new());
+        let (b, _dir) = node_over(
+            HerdDouble::new(herd, None, Duration::ZERO),
+            Arc::clone(&metrics),
+            None,
+            None,
+            Duration::from_secs(3),
+        )
+        .await;
+        let (digest, size) = a.expected.blobs[0].clone();
+        let answer = call(
+            &b,
+            Method::GET,
+            &format!("/v2/team/app/blobs/{digest}"),
+            None,
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body.len() as u64, size);
+        assert_eq!(herd_count(&metrics, "followed"), 1);
+        assert_eq!(herd_count(&metrics, "led"), 0);
+        stop.cancel();
+    }
+
     /// With --mirror-herd-wait=0s a miss never waits for other nodes.
     #[tokio::test]
     async fn a_zero_herd_wait_never_joins_a_herd() {
         let digest = crate::oci::Digest::sha256_of(b"nobody has this");
-        let lookup = HerdDouble::new(Herd::Follows, None, Duration::ZERO);
+        let leader = gone().await;
+        let lookup = HerdDouble::new(follows(leader), None, Duration::ZERO);
         let (node, _dir) = node_over(
             lookup.clone(),
             Arc::new(Metrics::new()),

@@ -10,10 +10,16 @@
 //! the wanters up. Every node sees the same set of wanters, so every node
 //! picks the same leader: the wanter whose peer id is closest to the
 //! digest by Kademlia's XOR metric. The leader goes to the upstream; the
-//! others wait, bounded, for the leader's download to be advertised and
-//! then stream it from the leader as it grows. Leadership spreads over
-//! the nodes, since each digest has a different closest peer, and a
-//! leader that fails costs the others only the bounded wait.
+//! others wait, bounded, for the leader's download to begin and then
+//! stream it from the leader as it grows. Leadership spreads over the
+//! nodes, since each digest has a different closest peer, and a leader
+//! that fails costs the others only the bounded wait.
+//!
+//! Wanters that come later (their containerd asked after a blob of its
+//! own) see more wanters than the first ones did, and may pick another
+//! leader; the first leader's download may not be advertised yet either.
+//! So the mirror asks every other wanter once whether it serves the blob
+//! already, and follows one that does, whoever the XOR metric picks.
 //!
 //! Want records cannot be recalled (Kademlia has no delete), so their key
 //! carries the minute: a want from a pull long done is under a key nobody
@@ -26,7 +32,7 @@ use std::time::Duration;
 use libp2p::PeerId;
 use libp2p::kad::KBucketKey;
 
-use super::record_key;
+use super::{Provider, record_key};
 
 /// The time that names a want record's key.
 const EPOCH: Duration = Duration::from_secs(60);
@@ -83,14 +89,14 @@ pub fn leader(key: &str, local: PeerId, others: &[PeerId]) -> PeerId {
         .expect("the local node is a wanter")
 }
 
-/// What this node does about a blob nobody provides yet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HerdRole {
-    /// Fetch it from the upstream: no other wanter is closer to it.
-    Leads,
-    /// Wait for `leader` to advertise its download, and stream it from
-    /// there.
-    Follows { leader: PeerId, wanters: usize },
+/// The nodes that miss a blob at the same moment, as this one found them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Herd {
+    /// The wanter to fetch it from the upstream, no other being closer to
+    /// it; `None`: this node.
+    pub leader: Option<Provider>,
+    /// The other wanters, the leader among them.
+    pub others: Vec<Provider>,
 }
 
 #[cfg(test)]

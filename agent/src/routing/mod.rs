@@ -31,7 +31,7 @@ mod store;
 mod tests;
 
 pub use error::RoutingError;
-pub use herd::HerdRole;
+pub use herd::Herd;
 pub use identity::read_psk;
 pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::{Multiaddr, PeerId};
@@ -294,7 +294,7 @@ impl Router {
     /// Joins the nodes that want `key` now, none of which provides it, and
     /// tells whether this one is to fetch it (module `herd`). Takes
     /// [`herd::SETTLE`] and a lookup.
-    pub async fn join_herd(&self, key: &str) -> Result<HerdRole, RoutingError> {
+    pub async fn join_herd(&self, key: &str) -> Result<Herd, RoutingError> {
         let started = Instant::now();
         let since_epoch = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -316,13 +316,12 @@ impl Router {
             .await?;
         let others: Vec<PeerId> = wanters.iter().map(|p| p.peer_id).collect();
         let leader = herd::leader(key, self.peer_id, &others);
-        Ok(if leader == self.peer_id {
-            HerdRole::Leads
-        } else {
-            HerdRole::Follows {
-                leader,
-                wanters: others.len() + 1,
-            }
+        Ok(Herd {
+            leader: wanters
+                .iter()
+                .find(|p| p.peer_id == leader && leader != self.peer_id)
+                .copied(),
+            others: wanters,
         })
     }
 

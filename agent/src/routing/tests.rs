@@ -491,22 +491,22 @@ async fn nodes_that_miss_a_blob_together_agree_on_one_leader() {
     }
     join(&nodes.iter().collect::<Vec<_>>()).await;
 
-    let roles = futures::future::join_all(nodes.iter().map(|n| n.router.join_herd(DIGEST))).await;
-    let roles: Vec<HerdRole> = roles.into_iter().map(|r| r.expect("router runs")).collect();
+    let herds = futures::future::join_all(nodes.iter().map(|n| n.router.join_herd(DIGEST))).await;
+    let herds: Vec<Herd> = herds.into_iter().map(|h| h.expect("router runs")).collect();
     let leaders: Vec<usize> = (0..nodes.len())
-        .filter(|i| roles[*i] == HerdRole::Leads)
+        .filter(|i| herds[*i].leader.is_none())
         .collect();
-    assert_eq!(leaders.len(), 1, "{roles:?}");
+    assert_eq!(leaders.len(), 1, "{herds:?}");
     let leader = leaders[0];
-    for (i, role) in roles.iter().enumerate().filter(|(i, _)| *i != leader) {
-        assert_eq!(
-            *role,
-            HerdRole::Follows {
-                leader: nodes[leader].router.peer_id(),
-                wanters: nodes.len()
-            },
-            "node {i}"
-        );
+    let provider = |i: usize| nodes[i].provider(60 + u8::try_from(i).unwrap());
+    for (i, herd) in herds.iter().enumerate() {
+        let mut others = herd.others.clone();
+        others.sort_by_key(|p| p.registry);
+        let expected: Vec<Provider> = (0..nodes.len()).filter(|o| *o != i).map(provider).collect();
+        assert_eq!(others, expected, "node {i} sees every other wanter");
+        if i != leader {
+            assert_eq!(herd.leader, Some(provider(leader)), "node {i}");
+        }
     }
 
     let follower = &nodes[(leader + 1) % nodes.len()];
@@ -524,11 +524,7 @@ async fn nodes_that_miss_a_blob_together_agree_on_one_leader() {
                 .expect("advertised");
         }
     );
-    let ip = 60 + u8::try_from(leader).unwrap();
-    assert_eq!(
-        found.expect("router runs"),
-        vec![nodes[leader].provider(ip)]
-    );
+    assert_eq!(found.expect("router runs"), vec![provider(leader)]);
     assert!(started.elapsed() >= Duration::from_millis(300));
 
     let started = Instant::now();

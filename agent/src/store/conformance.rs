@@ -132,7 +132,12 @@ pub async fn run(label: &str, store: &dyn ContentStore, expected: &Expected) {
 }
 
 async fn read(store: &dyn ContentStore, digest: &Digest, range: ByteRange) -> Vec<u8> {
-    match store.blob(digest, range).await.unwrap() {
+    bytes(store.blob(digest, range).await.unwrap()).await
+}
+
+/// The bytes a body hands over, however the backend hands them.
+pub async fn bytes(body: BlobBody) -> Vec<u8> {
+    match body {
         BlobBody::File { file, range } => {
             use std::io::{Seek, SeekFrom};
             let mut file = file;

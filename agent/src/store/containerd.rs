@@ -255,10 +255,13 @@ impl ContentStore for ContainerdStore {
     }
 
     async fn in_flight_size(&self, digest: &Digest) -> Result<u64, StoreError> {
-        self.ingest(digest)
-            .await
-            .map(|i| i.total)
-            .ok_or_else(|| StoreError::NotFound(format!("blob {digest} in flight")))
+        if let Some(ingest) = self.ingest(digest).await {
+            return Ok(ingest.total);
+        }
+        let committed = tokio::fs::metadata(self.blob_path(digest)).await;
+        committed
+            .map(|metadata| metadata.len())
+            .map_err(|_| StoreError::NotFound(format!("blob {digest} in flight")))
     }
 
     async fn in_flight_blob(
@@ -267,7 +270,15 @@ impl ContentStore for ContainerdStore {
         range: ByteRange,
     ) -> Result<BlobBody, StoreError> {
         let not_found = || StoreError::NotFound(format!("blob {digest} in flight"));
-        let ingest = self.ingest(digest).await.ok_or_else(not_found)?;
+        let Some(ingest) = self.ingest(digest).await else {
+            let file = tokio::fs::File::open(self.blob_path(digest))
+                .await
+                .map_err(|_| not_found())?;
+            return Ok(BlobBody::File {
+                file: file.into_std().await,
+                range,
+            });
+        };
         match ingest::stream(&ingest, range, self.blob_path(digest)) {
             Ok(stream) => Ok(BlobBody::Stream(stream)),
             Err(error) if error.kind() == std::io::ErrorKind::InvalidInput => Err(not_found()),

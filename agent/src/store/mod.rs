@@ -139,13 +139,18 @@ pub trait ContentStore: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// The size a blob being written will have, for a peer's HEAD.
+    /// The size a blob being written will have, for a peer's HEAD. A
+    /// download that has just been committed is still one: containerd
+    /// moves the data into place before its metadata records the blob, and
+    /// a peer told 404 in that moment would fetch the blob again from the
+    /// upstream.
     async fn in_flight_size(&self, digest: &Digest) -> Result<u64, StoreError> {
         Err(StoreError::NotFound(format!("blob {digest} in flight")))
     }
 
     /// A blob being written, for a peer, as it grows; `range` must end
-    /// where the blob does, or it is `NotFound` here.
+    /// where the blob does, or it is `NotFound` here. Once committed, any
+    /// range.
     async fn in_flight_blob(
         &self,
         digest: &Digest,
