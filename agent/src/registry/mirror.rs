@@ -63,7 +63,7 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// already: a peer answers a HEAD from its store in milliseconds.
 const FIRST_PROBE: Duration = Duration::from_millis(250);
 /// How often a follower asks its herd's leader whether the download has
-/// begun: a HEAD costs the leader a stat of its ingest.
+/// begun: a HEAD costs the leader a look at its ingest directory.
 const LEADER_PROBE_AGAIN: Duration = Duration::from_millis(50);
 
 /// The nodes that miss a blob nobody provides, as this one sees them.

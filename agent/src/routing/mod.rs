@@ -292,7 +292,7 @@ impl Router {
     }
 
     /// Joins the nodes that want `key` now, none of which provides it, and
-    /// tells whether this one is to fetch it (module `herd`). Takes
+    /// tells who is to fetch it (module `herd`). Takes
     /// [`herd::SETTLE`] and a lookup.
     pub async fn join_herd(&self, key: &str) -> Result<Herd, RoutingError> {
         let started = Instant::now();
