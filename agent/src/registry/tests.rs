@@ -968,6 +968,31 @@ mod peers {
         listener.local_addr().unwrap()
     }
 
+    /// A node over `lookup`, without auth, waiting `herd_wait` for its
+    /// leaders, and its metrics.
+    async fn herd_node(
+        lookup: Arc<HerdDouble>,
+        herd_wait: Duration,
+    ) -> (Router, tempfile::TempDir, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        let (node, dir) = node_over(lookup, Arc::clone(&metrics), None, None, herd_wait).await;
+        (node, dir, metrics)
+    }
+
+    /// Asserts that `node` answers a GET of blob `digest` with all its
+    /// `size` bytes.
+    async fn gets_whole(node: &Router, digest: &crate::oci::Digest, size: u64) {
+        let answer = call(
+            node,
+            Method::GET,
+            &format!("/v2/team/app/blobs/{digest}"),
+            None,
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body.len() as u64, size);
+    }
+
     /// A herd of two: this node and its leader at `leader`.
     fn follows(leader: SocketAddr) -> Herd {
         Herd {
@@ -984,25 +1009,14 @@ mod peers {
         let stop = CancellationToken::new();
         let a = fixture(Filter::default()).await;
         let a_addr = serve(a.app.clone(), Arc::new(Metrics::new()), &stop).await;
-        let lookup = HerdDouble::new(
-            Herd {
-                leader: Some(a_addr),
-                others: vec![a_addr],
-            },
-            None,
-            Duration::ZERO,
-        );
-        let metrics = Arc::new(Metrics::new());
+        let lookup = HerdDouble::new(follows(a_addr), None, Duration::ZERO);
         let herd_wait = Duration::from_secs(3);
-        let (b, _dir) =
-            node_over(lookup.clone(), Arc::clone(&metrics), None, None, herd_wait).await;
+        let (b, _dir, metrics) = herd_node(lookup.clone(), herd_wait).await;
         let (digest, size) = a.expected.blobs[0].clone();
         let uri = format!("/v2/team/app/blobs/{digest}");
 
         let started = std::time::Instant::now();
-        let answer = call(&b, Method::GET, &uri, None).await;
-        assert_eq!(answer.status, StatusCode::OK);
-        assert_eq!(answer.body.len() as u64, size);
+        gets_whole(&b, &digest, size).await;
         assert!(started.elapsed() < herd_wait, "{:?}", started.elapsed());
         assert_eq!(*lookup.joined.lock().unwrap(), vec![digest.to_string()]);
         assert_eq!(herd_count(&metrics, "followed"), 1);
@@ -1032,35 +1046,12 @@ mod peers {
         let a = fixture(Filter::default()).await;
         let a_addr = serve(a.app.clone(), Arc::new(Metrics::new()), &stop).await;
         let leader = gone().await;
-        let lookup = HerdDouble::new(
-            Herd {
-                leader: Some(leader),
-                others: vec![leader],
-            },
-            Some(a_addr),
-            Duration::from_millis(200),
-        );
-        let metrics = Arc::new(Metrics::new());
-        let (b, _dir) = node_over(
-            lookup,
-            Arc::clone(&metrics),
-            None,
-            None,
-            Duration::from_secs(3),
-        )
-        .await;
+        let lookup = HerdDouble::new(follows(leader), Some(a_addr), Duration::from_millis(200));
+        let (b, _dir, metrics) = herd_node(lookup, Duration::from_secs(3)).await;
         let (digest, size) = a.expected.blobs[0].clone();
 
         let started = std::time::Instant::now();
-        let answer = call(
-            &b,
-            Method::GET,
-            &format!("/v2/team/app/blobs/{digest}"),
-            None,
-        )
-        .await;
-        assert_eq!(answer.status, StatusCode::OK);
-        assert_eq!(answer.body.len() as u64, size);
+        gets_whole(&b, &digest, size).await;
         assert!(started.elapsed() >= Duration::from_millis(200));
         assert_eq!(herd_count(&metrics, "followed"), 1);
         stop.cancel();
@@ -1076,15 +1067,7 @@ mod peers {
         let uri = format!("/v2/team/app/blobs/{digest}");
 
         let lookup = HerdDouble::new(Herd::default(), None, Duration::ZERO);
-        let metrics = Arc::new(Metrics::new());
-        let (leader, _dir) = node_over(
-            lookup,
-            Arc::clone(&metrics),
-            None,
-            None,
-            Duration::from_secs(3),
-        )
-        .await;
+        let (leader, _dir, metrics) = herd_node(lookup, Duration::from_secs(3)).await;
         let started = std::time::Instant::now();
         assert_eq!(
             call(&leader, Method::GET, &uri, None).await.status,
@@ -1096,9 +1079,7 @@ mod peers {
         let wait = Duration::from_millis(400);
         let leader = gone().await;
         let lookup = HerdDouble::new(follows(leader), None, Duration::ZERO);
-        let metrics = Arc::new(Metrics::new());
-        let (follower, _dir) =
-            node_over(lookup.clone(), Arc::clone(&metrics), None, None, wait).await;
+        let (follower, _dir, metrics) = herd_node(lookup.clone(), wait).await;
         let started = std::time::Instant::now();
         assert_eq!(
             call(&follower, Method::GET, &uri, None).await.status,
@@ -1130,25 +1111,10 @@ mod peers {
             leader: None,
             others: vec![gone().await, a_addr],
         };
-        let metrics = Arc::new(Metrics::new());
-        let (b, _dir) = node_over(
-            HerdDouble::new(herd, None, Duration::ZERO),
-            Arc::clone(&metrics),
-            None,
-            None,
-            Duration::from_secs(3),
-        )
-        .await;
+        let lookup = HerdDouble::new(herd, None, Duration::ZERO);
+        let (b, _dir, metrics) = herd_node(lookup, Duration::from_secs(3)).await;
         let (digest, size) = a.expected.blobs[0].clone();
-        let answer = call(
-            &b,
-            Method::GET,
-            &format!("/v2/team/app/blobs/{digest}"),
-            None,
-        )
-        .await;
-        assert_eq!(answer.status, StatusCode::OK);
-        assert_eq!(answer.body.len() as u64, size);
+        gets_whole(&b, &digest, size).await;
         assert_eq!(herd_count(&metrics, "followed"), 1);
         assert_eq!(herd_count(&metrics, "led"), 0);
         stop.cancel();
@@ -1160,14 +1126,7 @@ mod peers {
         let digest = crate::oci::Digest::sha256_of(b"nobody has this");
         let leader = gone().await;
         let lookup = HerdDouble::new(follows(leader), None, Duration::ZERO);
-        let (node, _dir) = node_over(
-            lookup.clone(),
-            Arc::new(Metrics::new()),
-            None,
-            None,
-            Duration::ZERO,
-        )
-        .await;
+        let (node, _dir, _) = herd_node(lookup.clone(), Duration::ZERO).await;
         let uri = format!("/v2/team/app/blobs/{digest}");
         assert_eq!(
             call(&node, Method::GET, &uri, None).await.status,
