@@ -90,7 +90,14 @@ async fn watch_hosts_toml(
     let mut watched = Watched::default();
     loop {
         for node in &nodes {
-            let script = format!("if [ -e '{path}' ]; then cat '{path}'; else echo '{ABSENT}'; fi");
+            // One read, judged by its own error: testing for the file before
+            // or after reading it races a removal or a new file in between.
+            let script = format!(
+                "if text=$(LC_ALL=C cat '{path}' 2>&1); then printf '%s\\n' \"$text\"; \
+                 else case \"$text\" in \
+                 *'No such file or directory'*) echo '{ABSENT}' ;; \
+                 *) printf '%s\\n' \"$text\" >&2; exit 1 ;; esac; fi"
+            );
             let problem = match shell.run(node, &script).await {
                 Ok(text) if text.trim() == ABSENT => {
                     *watched.missing.entry(node.clone()).or_default() += 1;
@@ -427,7 +434,11 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(150)).await;
         std::fs::remove_file(&path).unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
-        std::fs::write(&path, "[host.\"https://elsewhere\"]\n").unwrap();
+        // Written whole, as the agent writes it: a read of a file still
+        // being written would be a different problem.
+        let next = dir.path().join("hosts.toml.next");
+        std::fs::write(&next, "[host.\"https://elsewhere\"]\n").unwrap();
+        std::fs::rename(&next, &path).unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
         stop.cancel();
         let watched = watcher.await.unwrap();
@@ -439,6 +450,45 @@ mod tests {
         assert!(
             error.contains("no host entry for the agent's port 5000"),
             "{error}"
+        );
+    }
+
+    /// A hosts.toml removed and written again over and over, as a rollout
+    /// does, is only ever read as valid or as absent, never as a failed read.
+    #[tokio::test]
+    async fn the_watcher_does_not_race_a_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts.toml");
+        let shell: Arc<dyn NodeShell> =
+            Arc::new(super::super::CommandShell::parse("env NODE={node}").unwrap());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let watcher = tokio::spawn(watch_hosts_toml(
+            shell,
+            vec!["node-a".to_owned()],
+            path.display().to_string(),
+            5000,
+            Duration::ZERO,
+            stop.clone(),
+        ));
+        let churn = {
+            let (dir, path) = (dir.path().to_owned(), path.clone());
+            tokio::task::spawn_blocking(move || {
+                let next = dir.join("hosts.toml.next");
+                let until = std::time::Instant::now() + Duration::from_millis(600);
+                while std::time::Instant::now() < until {
+                    std::fs::write(&next, "[host.\"http://10.0.0.1:5000\"]\n").unwrap();
+                    std::fs::rename(&next, &path).unwrap();
+                    std::fs::remove_file(&path).unwrap();
+                }
+            })
+        };
+        churn.await.unwrap();
+        stop.cancel();
+        let watched = watcher.await.unwrap();
+        assert!(watched.problems.is_empty(), "{watched:?}");
+        assert!(
+            watched.missing.get("node-a").copied().unwrap_or(0) > 0,
+            "{watched:?}"
         );
     }
 
