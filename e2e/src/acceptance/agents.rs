@@ -413,13 +413,15 @@ impl Suite {
 mod tests {
     use super::*;
 
-    /// The watcher's script run by a real shell: a file that is there and
-    /// names the agent, then one that is gone, are told apart.
-    #[tokio::test]
-    async fn the_watcher_tells_a_missing_hosts_toml_from_a_bad_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hosts.toml");
-        std::fs::write(&path, "[host.\"http://10.0.0.1:5000\"]\n").unwrap();
+    /// The watcher on node-a, through a real shell, for the agent's port
+    /// 5000; cancel the token to have what it saw.
+    fn watch(
+        path: &std::path::Path,
+        poll: Duration,
+    ) -> (
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<Watched>,
+    ) {
         let shell: Arc<dyn NodeShell> =
             Arc::new(super::super::CommandShell::parse("env NODE={node}").unwrap());
         let stop = tokio_util::sync::CancellationToken::new();
@@ -428,9 +430,20 @@ mod tests {
             vec!["node-a".to_owned()],
             path.display().to_string(),
             5000,
-            Duration::from_millis(10),
+            poll,
             stop.clone(),
         ));
+        (stop, watcher)
+    }
+
+    /// The watcher's script run by a real shell: a file that is there and
+    /// names the agent, then one that is gone, are told apart.
+    #[tokio::test]
+    async fn the_watcher_tells_a_missing_hosts_toml_from_a_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hosts.toml");
+        std::fs::write(&path, "[host.\"http://10.0.0.1:5000\"]\n").unwrap();
+        let (stop, watcher) = watch(&path, Duration::from_millis(10));
         tokio::time::sleep(Duration::from_millis(150)).await;
         std::fs::remove_file(&path).unwrap();
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -459,17 +472,7 @@ mod tests {
     async fn the_watcher_does_not_race_a_removal() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hosts.toml");
-        let shell: Arc<dyn NodeShell> =
-            Arc::new(super::super::CommandShell::parse("env NODE={node}").unwrap());
-        let stop = tokio_util::sync::CancellationToken::new();
-        let watcher = tokio::spawn(watch_hosts_toml(
-            shell,
-            vec!["node-a".to_owned()],
-            path.display().to_string(),
-            5000,
-            Duration::ZERO,
-            stop.clone(),
-        ));
+        let (stop, watcher) = watch(&path, Duration::ZERO);
         let churn = {
             let (dir, path) = (dir.path().to_owned(), path.clone());
             tokio::task::spawn_blocking(move || {
